@@ -1,0 +1,196 @@
+"""Predictions: what the model returns per reading, validated at the model-response boundary.
+
+Besides the contract's fields a prediction may carry extra scalar fields (another model behind
+the same endpoint, such as a forecaster); they are kept in `extra` and stored and pushed as-is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import FieldError, ValidationError
+from .readings import Reading, format_timestamp, parse_timestamp
+
+__all__ = [
+    "CORE_FIELDS",
+    "DeviceResult",
+    "Prediction",
+    "parse_device_result",
+]
+
+Scalar = float | int | str | bool | None
+
+CORE_FIELDS = (
+    "timestamp",
+    "anomaly_score",
+    "is_anomaly",
+    "top_metric",
+    "failure_probability",
+    "maintenance_due",
+)
+# Extra field names become Table property and Power BI column names: keep them plain.
+_EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_RESERVED = frozenset({"device_id", "model_version", "metrics", "partitionkey", "rowkey", "etag"})
+_MAX_STRING = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One scored reading: the model's verdict joined with the reading it is about."""
+
+    device_id: str
+    timestamp: datetime
+    anomaly_score: float
+    is_anomaly: bool
+    top_metric: str | None
+    failure_probability: float | None
+    maintenance_due: bool | None
+    model_version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Scalar] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the flat JSON form used by the query API and the results sink."""
+        return {
+            "device_id": self.device_id,
+            "timestamp": format_timestamp(self.timestamp),
+            "anomaly_score": self.anomaly_score,
+            "is_anomaly": self.is_anomaly,
+            "top_metric": self.top_metric,
+            "failure_probability": self.failure_probability,
+            "maintenance_due": self.maintenance_due,
+            "model_version": self.model_version,
+            "metrics": self.metrics,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceResult:
+    """The model's answer for one device: its next state and one prediction per reading."""
+
+    device_id: str
+    state: dict[str, Any]
+    predictions: list[Prediction]
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    out = float(value)
+    return out if math.isfinite(out) else None
+
+
+def _prediction(
+    raw: object, reading: Reading, model_version: str, where: str
+) -> tuple[Prediction | None, list[FieldError]]:
+    if not isinstance(raw, Mapping):
+        return None, [FieldError(where, "must be an object")]
+    errors: list[FieldError] = []
+    try:
+        ts = parse_timestamp(raw.get("timestamp"), f"{where}.timestamp")
+        if ts != reading.timestamp:
+            errors.append(
+                FieldError(f"{where}.timestamp", "does not match the reading at this position")
+            )
+    except ValidationError as exc:
+        errors.extend(exc.details)
+    score = _number(raw.get("anomaly_score"))
+    if score is None or not 0.0 <= score <= 1.0:
+        errors.append(FieldError(f"{where}.anomaly_score", "must be a number in [0, 1]"))
+    is_anomaly = raw.get("is_anomaly")
+    if not isinstance(is_anomaly, bool):
+        errors.append(FieldError(f"{where}.is_anomaly", "must be a boolean"))
+    top = raw.get("top_metric")
+    if top is not None and not isinstance(top, str):
+        errors.append(FieldError(f"{where}.top_metric", "must be a string or null"))
+    prob: float | None = None
+    if raw.get("failure_probability") is not None:
+        prob = _number(raw.get("failure_probability"))
+        if prob is None or not 0.0 <= prob <= 1.0:
+            errors.append(
+                FieldError(f"{where}.failure_probability", "must be a number in [0, 1] or null")
+            )
+    due = raw.get("maintenance_due")
+    if due is not None and not isinstance(due, bool):
+        errors.append(FieldError(f"{where}.maintenance_due", "must be a boolean or null"))
+    extra: dict[str, Scalar] = {}
+    for name, value in raw.items():
+        if name in CORE_FIELDS:
+            continue
+        if not isinstance(name, str) or _EXTRA_NAME.fullmatch(name) is None or name in _RESERVED:
+            errors.append(
+                FieldError(
+                    f"{where}.{str(name)[:40]}", "extra field name must match [a-z][a-z0-9_]{0,39}"
+                )
+            )
+        elif value is None or isinstance(value, bool | str):
+            if isinstance(value, str) and len(value) > _MAX_STRING:
+                errors.append(FieldError(f"{where}.{name}", f"string longer than {_MAX_STRING}"))
+            extra[name] = value
+        elif (num := _number(value)) is not None:
+            extra[name] = value if isinstance(value, int) else num
+        else:
+            errors.append(
+                FieldError(f"{where}.{name}", "must be a finite number, string, boolean or null")
+            )
+    if errors:
+        return None, errors
+    assert score is not None
+    assert isinstance(is_anomaly, bool)
+    return (
+        Prediction(
+            device_id=reading.device_id,
+            timestamp=reading.timestamp,
+            anomaly_score=score,
+            is_anomaly=is_anomaly,
+            top_metric=top if isinstance(top, str) else None,
+            failure_probability=prob,
+            maintenance_due=due if isinstance(due, bool) else None,
+            model_version=model_version,
+            metrics=reading.metrics,
+            extra=extra,
+        ),
+        [],
+    )
+
+
+def parse_device_result(
+    raw: object, readings: Sequence[Reading], model_version: str
+) -> DeviceResult:
+    """Validate the model's answer for one device against the readings that were sent.
+
+    Raises:
+        ValidationError: naming each offending field (`predictions[3].anomaly_score`, ...).
+    """
+    if not isinstance(raw, Mapping):
+        raise ValidationError.single("devices[]", "must be an object")
+    device_id = readings[0].device_id if readings else raw.get("device_id")
+    if raw.get("device_id") != device_id:
+        raise ValidationError.single("device_id", f"expected {device_id!r}")
+    state = raw.get("state")
+    if not isinstance(state, Mapping):
+        raise ValidationError.single("state", "must be an object")
+    preds = raw.get("predictions")
+    if not isinstance(preds, list):
+        raise ValidationError.single("predictions", "must be an array")
+    if len(preds) != len(readings):
+        raise ValidationError.single(
+            "predictions", f"{len(preds)} predictions for {len(readings)} readings"
+        )
+    out: list[Prediction] = []
+    errors: list[FieldError] = []
+    for i, (item, reading) in enumerate(zip(preds, readings, strict=True)):
+        pred, problems = _prediction(item, reading, model_version, f"predictions[{i}]")
+        if problems:
+            errors.extend(problems)
+        elif pred is not None:
+            out.append(pred)
+    if errors:
+        raise ValidationError(errors)
+    return DeviceResult(str(device_id), dict(state), out)
