@@ -74,8 +74,11 @@ class RequestError(FleetscoreError):
 class TransientError(FleetscoreError):
     """A dependency failed in a way that may pass; `retry_after` is its hint in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         self.retry_after = retry_after
+        self.status = status
         super().__init__(message)
 
 

@@ -1,0 +1,300 @@
+"""Micro-batching readings into scoring requests, and narrowing down the ones the model refuses.
+
+One request carries many devices (at most `max_rows` readings and `max_bytes` of body), and a
+device appears in exactly one request per round. A device with more readings than fit one
+request is cut into chunks scored in consecutive rounds, each round starting from the state the
+previous one returned: the model is a function of (state, readings), so order matters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PermanentError, ValidationError
+from .predictions import DeviceResult, parse_device_result
+from .readings import Reading
+from .scoring import AdaptiveLimit, RetryPolicy, Scorer, call_with_retry
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "DeviceChunk",
+    "MicroBatcher",
+    "Rejection",
+    "ScoreOutcome",
+    "chunk_device",
+    "pack_requests",
+]
+
+log = logging.getLogger(__name__)
+
+CONTRACT_VERSION = 1
+# Bytes of envelope around each device's readings: {"device_id":..,"state":..,"readings":[..]},
+_DEVICE_OVERHEAD = 64
+_REQUEST_OVERHEAD = 32
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChunk:
+    """Consecutive readings of one device with their pre-encoded JSON fragments."""
+
+    device_id: str
+    readings: list[Reading]
+    fragments: list[str]
+    size: int  # bytes of the fragments plus commas
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Readings the model refused (or answered wrongly for), with the reason."""
+
+    device_id: str
+    readings: list[Reading]
+    reason: str
+
+
+@dataclass(slots=True)
+class ScoreOutcome:
+    """Everything one `MicroBatcher.score` call produced."""
+
+    results: dict[str, DeviceResult] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+    model_version: str | None = None
+    requests: int = 0
+
+
+def _fragment(reading: Reading) -> str:
+    return json.dumps(reading.to_json(), separators=(",", ":"))
+
+
+def chunk_device(
+    device_id: str, readings: Sequence[Reading], *, max_rows: int, max_bytes: int
+) -> list[DeviceChunk]:
+    """Cut one device's readings into chunks that each fit a request on their own."""
+    budget = max_bytes - _REQUEST_OVERHEAD - _DEVICE_OVERHEAD - len(device_id)
+    chunks: list[DeviceChunk] = []
+    rows: list[Reading] = []
+    frags: list[str] = []
+    size = 0
+    for reading in readings:
+        frag = _fragment(reading)
+        cost = len(frag.encode()) + 1
+        if rows and (len(rows) >= max_rows or size + cost > budget):
+            chunks.append(DeviceChunk(device_id, rows, frags, size))
+            rows, frags, size = [], [], 0
+        rows.append(reading)
+        frags.append(frag)
+        size += cost
+    if rows:
+        chunks.append(DeviceChunk(device_id, rows, frags, size))
+    return chunks
+
+
+def pack_requests(
+    chunks: Sequence[DeviceChunk],
+    state_sizes: Mapping[str, int],
+    *,
+    max_rows: int,
+    max_bytes: int,
+) -> list[list[DeviceChunk]]:
+    """Pack chunks into requests in order (next-fit): rows and bytes both bounded."""
+    requests: list[list[DeviceChunk]] = []
+    current: list[DeviceChunk] = []
+    rows = 0
+    size = _REQUEST_OVERHEAD
+    for chunk in chunks:
+        cost = (
+            chunk.size
+            + _DEVICE_OVERHEAD
+            + len(chunk.device_id)
+            + state_sizes.get(chunk.device_id, 4)
+        )
+        if current and (rows + len(chunk.readings) > max_rows or size + cost > max_bytes):
+            requests.append(current)
+            current, rows, size = [], 0, _REQUEST_OVERHEAD
+        current.append(chunk)
+        rows += len(chunk.readings)
+        size += cost
+    if current:
+        requests.append(current)
+    return requests
+
+
+def build_body(chunks: Sequence[DeviceChunk], states: Mapping[str, str]) -> bytes:
+    """Assemble the scoring request from pre-encoded fragments (no re-encoding of readings)."""
+    parts = []
+    for chunk in chunks:
+        parts.append(
+            '{"device_id":'
+            + json.dumps(chunk.device_id)
+            + ',"state":'
+            + states.get(chunk.device_id, "null")
+            + ',"readings":['
+            + ",".join(chunk.fragments)
+            + "]}"
+        )
+    return ('{"contract":1,"devices":[' + ",".join(parts) + "]}").encode()
+
+
+class MicroBatcher:
+    """Scores many devices' readings through a `Scorer` with bounded, adaptive concurrency."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        max_rows: int = 2000,
+        max_bytes: int = 1024 * 1024,
+        max_concurrency: int = 4,
+        retry_deadline: float = 60.0,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.retry_deadline = retry_deadline
+        self.limit = AdaptiveLimit(max_concurrency)
+        self.policy = policy or RetryPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="score")
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
+    def score(
+        self,
+        devices: Mapping[str, Sequence[Reading]],
+        states: Mapping[str, dict[str, Any] | None],
+    ) -> ScoreOutcome:
+        """Score every device's readings (each already in time order), starting from `states`.
+
+        Raises:
+            TransientError: the endpoint kept failing past the retry deadline; nothing is lost,
+                the caller fails the invocation so the batch is delivered again.
+            EndpointConfigError: the endpoint refuses every request (settings are wrong).
+        """
+        deadline = self._clock() + self.retry_deadline
+        outcome = ScoreOutcome()
+        encoded = {
+            d: json.dumps(s, separators=(",", ":")) for d, s in states.items() if s is not None
+        }
+        chunked = {
+            d: chunk_device(
+                d, rs, max_rows=self.max_rows, max_bytes=self.max_bytes - len(encoded.get(d, ""))
+            )
+            for d, rs in devices.items()
+            if rs
+        }
+        rounds = max((len(c) for c in chunked.values()), default=0)
+        for r in range(rounds):
+            round_chunks = [c[r] for c in chunked.values() if len(c) > r]
+            requests = pack_requests(
+                round_chunks,
+                {d: len(s) for d, s in encoded.items()},
+                max_rows=self.max_rows,
+                max_bytes=self.max_bytes,
+            )
+            futures = [self._pool.submit(self._send, req, encoded, deadline) for req in requests]
+            for future in futures:
+                results, rejected, model_version, count = future.result()
+                outcome.requests += count
+                outcome.rejected.extend(rejected)
+                if model_version is not None:
+                    outcome.model_version = model_version
+                for result in results:
+                    encoded[result.device_id] = json.dumps(result.state, separators=(",", ":"))
+                    prior = outcome.results.get(result.device_id)
+                    if prior is not None:
+                        result = DeviceResult(
+                            result.device_id, result.state, prior.predictions + result.predictions
+                        )
+                    outcome.results[result.device_id] = result
+        return outcome
+
+    def _send(
+        self, chunks: list[DeviceChunk], states: Mapping[str, str], deadline: float
+    ) -> tuple[list[DeviceResult], list[Rejection], str | None, int]:
+        body = build_body(chunks, states)
+        try:
+            doc = call_with_retry(
+                self.scorer,
+                body,
+                limit=self.limit,
+                policy=self.policy,
+                deadline=deadline,
+                clock=self._clock,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+            results, rejected, version = _read_response(doc, chunks)
+            return results, rejected, version, 1
+        except PermanentError as exc:
+            if len(chunks) == 1:
+                chunk = chunks[0]
+                log.warning(
+                    "model refused device %s (%d readings): %s",
+                    chunk.device_id,
+                    len(chunk.readings),
+                    exc,
+                )
+                return (
+                    [],
+                    [Rejection(chunk.device_id, chunk.readings, f"model refused: {exc}")],
+                    None,
+                    1,
+                )
+            half = len(chunks) // 2
+            log.info("model refused a request of %d devices; splitting to isolate", len(chunks))
+            left = self._send(chunks[:half], states, deadline)
+            right = self._send(chunks[half:], states, deadline)
+            return (
+                left[0] + right[0],
+                left[1] + right[1],
+                right[2] or left[2],
+                1 + left[3] + right[3],
+            )
+
+
+def _read_response(
+    doc: Mapping[str, Any], chunks: Sequence[DeviceChunk]
+) -> tuple[list[DeviceResult], list[Rejection], str]:
+    """Validate a whole response; a device answered wrongly is rejected, not the request."""
+    version = doc.get("model_version")
+    devices = doc.get("devices")
+    if not isinstance(version, str) or not 0 < len(version) <= 128:
+        raise PermanentError("response field model_version must be a non-empty string")
+    if not isinstance(devices, list):
+        raise PermanentError("response field devices must be an array")
+    by_id: dict[str, Any] = {}
+    for item in devices:
+        if isinstance(item, dict) and isinstance(item.get("device_id"), str):
+            by_id[item["device_id"]] = item
+    results: list[DeviceResult] = []
+    rejected: list[Rejection] = []
+    for chunk in chunks:
+        raw = by_id.get(chunk.device_id)
+        if raw is None:
+            rejected.append(
+                Rejection(chunk.device_id, chunk.readings, "model response has no entry for device")
+            )
+            continue
+        try:
+            results.append(parse_device_result(raw, chunk.readings, version))
+        except ValidationError as exc:
+            log.warning("model answered device %s wrongly: %s", chunk.device_id, exc)
+            rejected.append(
+                Rejection(chunk.device_id, chunk.readings, f"invalid model response: {exc}")
+            )
+    return results, rejected, version

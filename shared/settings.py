@@ -1,0 +1,233 @@
+"""App settings, read once at start-up into a frozen dataclass.
+
+Every setting is declared in `SETTINGS` with its default and meaning (the README's table is
+generated from the same list), so a missing or malformed value is reported by name when the
+worker loads the functions, not at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One app setting: its name, default (None = required) and what it means."""
+
+    name: str
+    default: str | None
+    meaning: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "EVENTHUB_CONNECTION",
+        None,
+        "Event Hubs connection string (ingest producer and score trigger)",
+        True,
+    ),
+    Setting("EVENTHUB_NAME", "readings", "Event hub the readings go to"),
+    Setting("EVENTHUB_CONSUMER_GROUP", "$Default", "Consumer group of the score trigger"),
+    Setting(
+        "TABLES_CONNECTION",
+        "",
+        "Table Storage connection string; empty = AzureWebJobsStorage",
+        True,
+    ),
+    Setting("TABLE_PREFIX", "", "Prefix for the four table names (letters and digits)"),
+    Setting("AML_ENDPOINT_URL", None, "Scoring URI of the Azure ML online endpoint"),
+    Setting("AML_ENDPOINT_KEY", None, "Key of the AML endpoint (sent as a Bearer token)", True),
+    Setting(
+        "AML_DEPLOYMENT",
+        "",
+        "Pin a deployment (azureml-model-deployment header); empty = traffic split",
+    ),
+    Setting("AML_TIMEOUT_SECONDS", "30", "Read timeout of one scoring request"),
+    Setting("SCORE_MAX_ROWS", "2000", "Most readings in one scoring request"),
+    Setting("SCORE_MAX_BYTES", "1048576", "Largest scoring request body in bytes"),
+    Setting(
+        "SCORE_MAX_CONCURRENCY", "4", "Most scoring requests in flight per worker (cut on 429)"
+    ),
+    Setting(
+        "SCORE_RETRY_DEADLINE_SECONDS",
+        "60",
+        "How long one batch retries AML before failing the invocation",
+    ),
+    Setting("STATE_CACHE_SECONDS", "300", "How long a device state stays cached in memory"),
+    Setting("POWERBI_API_URL", "https://api.powerbi.com", "Power BI REST API root"),
+    Setting(
+        "POWERBI_WORKSPACE_ID", "", "Workspace (group) of the push dataset; empty = My workspace"
+    ),
+    Setting("POWERBI_DATASET_ID", "", "Push dataset id; empty (and no push URL) = Power BI off"),
+    Setting("POWERBI_PUSH_URL", "", "Push URL with key of a dataset made in the Power BI UI", True),
+    Setting("POWERBI_INTERVAL_SECONDS", "60", "Aggregation interval of the per-device rows"),
+    Setting("POWERBI_TENANT_ID", "", "Service principal tenant; empty = managed identity"),
+    Setting("POWERBI_CLIENT_ID", "", "Service principal (or user-assigned identity) client id"),
+    Setting("POWERBI_CLIENT_SECRET", "", "Service principal secret (a Key Vault reference)", True),
+    Setting(
+        "RESULTS_EVENTHUB_CONNECTION",
+        "",
+        "Event hub for predictions (Fabric Eventstream); empty = off",
+        True,
+    ),
+    Setting("RESULTS_EVENTHUB_NAME", "predictions", "Name of the results event hub"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+_PREFIX = re.compile(r"[A-Za-z0-9]{0,20}")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the functions read from app settings, validated."""
+
+    eventhub_connection: str
+    eventhub_name: str
+    eventhub_consumer_group: str
+    tables_connection: str
+    table_prefix: str
+    aml_endpoint_url: str
+    aml_endpoint_key: str
+    aml_deployment: str
+    aml_timeout_seconds: float
+    score_max_rows: int
+    score_max_bytes: int
+    score_max_concurrency: int
+    score_retry_deadline_seconds: float
+    state_cache_seconds: float
+    powerbi_api_url: str
+    powerbi_workspace_id: str
+    powerbi_dataset_id: str
+    powerbi_push_url: str
+    powerbi_interval_seconds: float
+    powerbi_tenant_id: str
+    powerbi_client_id: str
+    powerbi_client_secret: str
+    results_eventhub_connection: str
+    results_eventhub_name: str
+
+    @property
+    def powerbi_enabled(self) -> bool:
+        """Power BI is on when a dataset id or a push URL is set."""
+        return bool(self.powerbi_dataset_id or self.powerbi_push_url)
+
+    def __repr__(self) -> str:
+        shown = {
+            s.name.lower(): (
+                "***"
+                if s.secret and getattr(self, s.name.lower())
+                else getattr(self, s.name.lower())
+            )
+            for s in SETTINGS
+        }
+        return f"Settings({shown})"
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    setting = _BY_NAME[name]
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        if setting.default is None:
+            raise ConfigError(name, f"is required ({setting.meaning})")
+        return setting.default
+    return value.strip()
+
+
+def _number(
+    env: Mapping[str, str], name: str, cast: Callable[[str], Any], low: float, high: float
+) -> Any:
+    raw = _text(env, name)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, *, allow_http_local: bool = True) -> str:
+    raw = _text(env, name)
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    if parts.scheme != "https" and not (allow_http_local and local and parts.scheme == "http"):
+        raise ConfigError(name, "must be an https:// URL (http:// only for localhost)")
+    if not parts.hostname:
+        raise ConfigError(name, "has no host")
+    return raw
+
+
+def _connection(env: Mapping[str, str], name: str, required_keys: tuple[str, ...]) -> str:
+    raw = _text(env, name)
+    if not raw or raw == "UseDevelopmentStorage=true":
+        return raw
+    keys = {p.split("=", 1)[0].strip().lower() for p in raw.split(";") if "=" in p}
+    for key in required_keys:
+        if key.lower() not in keys:
+            raise ConfigError(name, f"is not a connection string: it has no {key}=")
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `env` (default `os.environ`).
+
+    Raises:
+        ConfigError: naming the first missing or malformed setting.
+    """
+    env = os.environ if env is None else env
+    tables = _connection(env, "TABLES_CONNECTION", ("AccountName",))
+    if not tables:
+        tables = env.get("AzureWebJobsStorage", "").strip()
+        if not tables:
+            raise ConfigError("TABLES_CONNECTION", "is required (or set AzureWebJobsStorage)")
+    prefix = _text(env, "TABLE_PREFIX")
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigError("TABLE_PREFIX", "must be at most 20 letters and digits")
+    for name in (
+        "POWERBI_WORKSPACE_ID",
+        "POWERBI_DATASET_ID",
+        "POWERBI_TENANT_ID",
+        "POWERBI_CLIENT_ID",
+    ):
+        value = _text(env, name)
+        if value and not _GUID.fullmatch(value):
+            raise ConfigError(name, "must be a GUID")
+    return Settings(
+        eventhub_connection=_connection(env, "EVENTHUB_CONNECTION", ("Endpoint",)),
+        eventhub_name=_text(env, "EVENTHUB_NAME"),
+        eventhub_consumer_group=_text(env, "EVENTHUB_CONSUMER_GROUP"),
+        tables_connection=tables,
+        table_prefix=prefix,
+        aml_endpoint_url=_url(env, "AML_ENDPOINT_URL"),
+        aml_endpoint_key=_text(env, "AML_ENDPOINT_KEY"),
+        aml_deployment=_text(env, "AML_DEPLOYMENT"),
+        aml_timeout_seconds=_number(env, "AML_TIMEOUT_SECONDS", float, 1, 180),
+        score_max_rows=_number(env, "SCORE_MAX_ROWS", int, 1, 100_000),
+        score_max_bytes=_number(env, "SCORE_MAX_BYTES", int, 4096, 100 * 1024 * 1024),
+        score_max_concurrency=_number(env, "SCORE_MAX_CONCURRENCY", int, 1, 64),
+        score_retry_deadline_seconds=_number(env, "SCORE_RETRY_DEADLINE_SECONDS", float, 0, 3600),
+        state_cache_seconds=_number(env, "STATE_CACHE_SECONDS", float, 0, 86_400),
+        powerbi_api_url=_url(env, "POWERBI_API_URL"),
+        powerbi_workspace_id=_text(env, "POWERBI_WORKSPACE_ID"),
+        powerbi_dataset_id=_text(env, "POWERBI_DATASET_ID"),
+        powerbi_push_url=_url(env, "POWERBI_PUSH_URL"),
+        powerbi_interval_seconds=_number(env, "POWERBI_INTERVAL_SECONDS", float, 1, 3600),
+        powerbi_tenant_id=_text(env, "POWERBI_TENANT_ID"),
+        powerbi_client_id=_text(env, "POWERBI_CLIENT_ID"),
+        powerbi_client_secret=_text(env, "POWERBI_CLIENT_SECRET"),
+        results_eventhub_connection=_connection(env, "RESULTS_EVENTHUB_CONNECTION", ("Endpoint",)),
+        results_eventhub_name=_text(env, "RESULTS_EVENTHUB_NAME"),
+    )

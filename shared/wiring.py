@@ -1,0 +1,111 @@
+"""The composition root: real adapters built from settings, once per worker process.
+
+Function modules call these at import, so a bad setting fails the worker at start-up with the
+setting's name. Clients connect lazily: building them here costs no network round trip.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from .microbatch import MicroBatcher
+from .pipeline import PredictionSink, ScoringPipeline
+from .publisher import EventHubPublisher, EventPublisher
+from .scoring import AmlClient
+from .settings import Settings, load_settings
+from .states import StateCache
+
+__all__ = ["IngestApp", "ScoreApp", "get_settings", "ingest_app", "query_store", "score_app"]
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Settings of this worker, validated once."""
+    settings = load_settings()
+    log.info("fleetscore settings loaded: %r", settings)
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
+class IngestApp:
+    """What the ingest function needs."""
+
+    publisher: EventPublisher
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreApp:
+    """What the score function needs."""
+
+    pipeline: ScoringPipeline
+
+
+@functools.cache
+def ingest_app() -> IngestApp:
+    """One producer per worker, reused by every request."""
+    s = get_settings()
+    return IngestApp(
+        EventHubPublisher.from_connection_string(
+            s.eventhub_connection, eventhub_name=s.eventhub_name
+        )
+    )
+
+
+@functools.cache
+def query_store():  # noqa: ANN201 - the store type lives in shared.store
+    """One Table client per worker."""
+    from .store import TableStore
+
+    s = get_settings()
+    return TableStore.from_connection_string(s.tables_connection, table_prefix=s.table_prefix)
+
+
+def _sinks(s: Settings) -> list[PredictionSink]:
+    sinks: list[PredictionSink] = []
+    if s.powerbi_enabled:
+        from .powerbi import sink_from_settings
+
+        sinks.append(sink_from_settings(s))
+    if s.results_eventhub_connection:
+        from .results import ResultsSink
+
+        sinks.append(
+            ResultsSink(
+                EventHubPublisher.from_connection_string(
+                    s.results_eventhub_connection, eventhub_name=s.results_eventhub_name
+                )
+            )
+        )
+    return sinks
+
+
+@functools.cache
+def score_app() -> ScoreApp:
+    """The scoring pipeline with its AML client, table store, state cache and sinks."""
+    s = get_settings()
+    store = query_store()
+    client = AmlClient(
+        s.aml_endpoint_url,
+        s.aml_endpoint_key,
+        deployment=s.aml_deployment or None,
+        timeout=s.aml_timeout_seconds,
+        pool_size=s.score_max_concurrency * 2,
+    )
+    batcher = MicroBatcher(
+        client,
+        max_rows=s.score_max_rows,
+        max_bytes=s.score_max_bytes,
+        max_concurrency=s.score_max_concurrency,
+        retry_deadline=s.score_retry_deadline_seconds,
+    )
+    pipeline = ScoringPipeline(
+        store=store,
+        batcher=batcher,
+        states=StateCache(store, ttl=s.state_cache_seconds),
+        sinks=_sinks(s),
+    )
+    return ScoreApp(pipeline)
