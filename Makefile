@@ -1,0 +1,51 @@
+# fleetscore: one command per chore. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup test lint fmt unit clean demo
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@echo "==> creating $(VENV) and installing requirements-dev.txt"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@echo "==> installing Azurite (npm ci, into ./node_modules)"
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(STAMP) node_modules/.package-lock.json ## Create .venv and install Python and npm packages
+
+lint: $(STAMP) ## ruff: lint and format check
+	@echo "==> ruff"
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check --quiet .
+
+fmt: $(STAMP) ## Format and auto-fix
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+test: setup lint ## Set up, lint, and run every test (starts Azurite itself)
+	@echo "==> pytest"
+	@$(PY) -m pytest
+
+unit: $(STAMP) ## Only the tests that need no emulator
+	@$(PY) -m pytest -m "not azurite"
+
+demo: ## The whole pipeline on this machine (arrives with issue 6)
+	@echo "make demo is not built yet: it arrives with the local stack (issue 6)."
+	@echo "Today: 'make test' runs the function app's tests against Azurite."
+	@exit 2
+
+clean: ## Remove caches (keeps .venv and node_modules)
+	@rm -rf .pytest_cache .ruff_cache __azurite_db_* __blobstorage__ __queuestorage__
+	@find . -name __pycache__ -not -path './.venv/*' -not -path './node_modules/*' -prune -exec rm -rf {} +

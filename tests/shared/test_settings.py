@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import SETTINGS, load_settings
+
+BASE = {
+    "EVENTHUB_CONNECTION": "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=c2VjcmV0",
+    "AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+    "AML_ENDPOINT_URL": "https://fleet.westeurope.inference.ml.azure.com/score",
+    "AML_ENDPOINT_KEY": "aml-secret",
+}
+
+
+def test_load_settings_defaults():
+    s = load_settings(BASE)
+    assert (s.eventhub_name, s.eventhub_consumer_group) == ("readings", "$Default")
+    assert (s.score_max_rows, s.score_max_bytes, s.score_max_concurrency) == (2000, 1048576, 4)
+    assert s.tables_connection == BASE["AzureWebJobsStorage"]
+    assert s.powerbi_enabled is False
+    assert s.results_eventhub_connection == ""
+
+
+@pytest.mark.parametrize("name", ["EVENTHUB_CONNECTION", "AML_ENDPOINT_URL", "AML_ENDPOINT_KEY"])
+def test_load_settings_names_a_missing_setting(name):
+    env = {k: v for k, v in BASE.items() if k != name}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.setting == name
+    assert str(info.value).startswith(f"{name}: is required")
+
+
+def test_load_settings_needs_some_table_connection():
+    env = {k: v for k, v in BASE.items() if k != "AzureWebJobsStorage"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.setting == "TABLES_CONNECTION"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SCORE_MAX_ROWS", "lots", "SCORE_MAX_ROWS: must be a number, got 'lots'"),
+        ("SCORE_MAX_ROWS", "0", "SCORE_MAX_ROWS: must be between 1 and 100000, got '0'"),
+        (
+            "SCORE_MAX_CONCURRENCY",
+            "65",
+            "SCORE_MAX_CONCURRENCY: must be between 1 and 64, got '65'",
+        ),
+        (
+            "AML_ENDPOINT_URL",
+            "http://example.com/score",
+            "AML_ENDPOINT_URL: must be an https:// URL (http:// only for localhost)",
+        ),
+        (
+            "EVENTHUB_CONNECTION",
+            "sb://x",
+            "EVENTHUB_CONNECTION: is not a connection string: it has no Endpoint=",
+        ),
+        ("TABLE_PREFIX", "fleet-1", "TABLE_PREFIX: must be at most 20 letters and digits"),
+        ("POWERBI_DATASET_ID", "not-a-guid", "POWERBI_DATASET_ID: must be a GUID"),
+    ],
+)
+def test_load_settings_names_a_malformed_setting(name, value, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, name: value})
+    assert str(info.value) == message
+
+
+def test_load_settings_allows_http_on_localhost():
+    assert load_settings(
+        {**BASE, "AML_ENDPOINT_URL": "http://127.0.0.1:5001/score"}
+    ).aml_endpoint_url.startswith("http://")
+
+
+def test_settings_repr_hides_secrets():
+    text = repr(load_settings(BASE))
+    assert "aml-secret" not in text
+    assert "c2VjcmV0" not in text
+    assert "a2V5" not in text
+    assert "readings" in text
+
+
+def test_every_setting_has_a_meaning():
+    assert all(s.meaning for s in SETTINGS)
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
