@@ -15,8 +15,9 @@ Two ways in (a `PushTarget`):
     body `{"rows": [...]}`, `Authorization: Bearer` from a token provider (Entra ID).
   * Push URLs that Power BI shows for a dataset made in its UI: body is a bare JSON array and
     each URL addresses a single table, so there are two settings, `aggregates_url` and
-    `anomalies_url`; a kind whose URL is absent is not pushed at all. The `key` in their
-    query string is a secret: query strings are cut out of every URL and error text logged.
+    `anomalies_url`; a kind whose URL is absent is not pushed at all. The app has a single
+    POWERBI_PUSH_URL, which carries the aggregate rows (anomalies need the REST API). The `key`
+    in the query string is a secret: query strings are cut out of every URL and error logged.
 
 Power BI's documented push-dataset limits ("Push semantic model limitations",
 learn.microsoft.com/power-bi/developer/embedded/push-datasets-limitations), and how they hold:
@@ -45,6 +46,7 @@ in at most one WARNING a minute. After close, offered == pushed + dropped.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -56,7 +58,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import requests
@@ -65,6 +67,9 @@ from azure.core.credentials import TokenCredential
 from .errors import ConfigError
 from .predictions import Prediction
 from .readings import format_timestamp
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = [
     "POWERBI_SCOPE",
@@ -77,6 +82,7 @@ __all__ = [
     "Transport",
     "entra_token_provider",
     "requests_transport",
+    "sink_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -552,3 +558,49 @@ class PowerBISink:
         self._paused_until = self._clock() + seconds
         self._requeue(kind, batch)
         log.warning("Power BI sink pausing %.1f s: %s", seconds, why)
+
+
+def _credential_for(settings: Settings) -> TokenCredential:
+    """A service principal when tenant, client and secret are set, else managed identity."""
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    tenant, client = settings.powerbi_tenant_id, settings.powerbi_client_id
+    secret = settings.powerbi_client_secret
+    if secret:
+        if not (tenant and client):
+            raise ConfigError("POWERBI_TENANT_ID", "a client secret needs tenant and client ids")
+        return ClientSecretCredential(tenant, client, secret)
+    return DefaultAzureCredential(managed_identity_client_id=client or None)
+
+
+def sink_from_settings(
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    credential: TokenCredential | None = None,
+    start: bool = True,
+) -> PowerBISink:
+    """Build the app's sink from its settings, start its thread and close it at exit.
+
+    Raises:
+        ConfigError: naming the setting when the target or the credentials are incomplete.
+    """
+    target = PushTarget(
+        dataset_id=settings.powerbi_dataset_id or None,
+        workspace_id=settings.powerbi_workspace_id or None,
+        api_url=settings.powerbi_api_url or "https://api.powerbi.com",
+        aggregates_url=settings.powerbi_push_url or None,
+    )
+    provider = None
+    if target.uses_rest:
+        provider = entra_token_provider(credential or _credential_for(settings))
+    sink = PowerBISink(
+        target,
+        transport=transport or requests_transport(requests.Session()),
+        token_provider=provider,
+        interval_seconds=settings.powerbi_interval_seconds,
+    )
+    if start:
+        sink.start()
+        atexit.register(sink.close, 5.0)  # daemon threads still run while atexit hooks do
+    return sink

@@ -21,10 +21,13 @@ from shared.powerbi import (
     PushTarget,
     Sink,
     SinkStats,
+    _credential_for,
     entra_token_provider,
     requests_transport,
+    sink_from_settings,
 )
 from shared.predictions import Prediction
+from shared.settings import load_settings
 from tests.support.powerbi_standin import Limits, PowerBIStandIn, serve
 
 T0 = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
@@ -563,3 +566,66 @@ def test_sink_accounts_for_every_row(script, offers, cap):
     assert sink.pending == 0
     assert stats.rows_offered == stats.rows_pushed + stats.rows_dropped
     assert stats.posts >= stats.throttled + stats.failures
+
+
+def settings_env(**powerbi: str) -> dict[str, str]:
+    return {
+        "EVENTHUB_CONNECTION": "Endpoint=sb://localhost/;SharedAccessKeyName=k;SharedAccessKey=v",
+        "TABLES_CONNECTION": "AccountName=devstoreaccount1;AccountKey=a2V5",
+        "AML_ENDPOINT_URL": "http://127.0.0.1:5001/score",
+        "AML_ENDPOINT_KEY": "aml-key",
+        **powerbi,
+    }
+
+
+def test_sink_from_settings_posts_with_the_credentials_token():
+    class Credential:
+        def get_token(self, *scopes: str, **kwargs: object):
+            return type("Token", (), {"token": "from-entra", "expires_on": 2**40})()
+
+    sent = []
+
+    def transport(url, body, headers):
+        sent.append((url, headers["Authorization"]))
+        return 200, {}, b""
+
+    ws, ds = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
+    settings = load_settings(
+        settings_env(POWERBI_WORKSPACE_ID=ws, POWERBI_DATASET_ID=ds, POWERBI_INTERVAL_SECONDS="30")
+    )
+    sink = sink_from_settings(settings, transport=transport, credential=Credential(), start=False)
+    sink.offer([pred(anomaly=True)])
+    sink.pump()
+    sink.close()
+    assert sent[0] == (
+        f"https://api.powerbi.com/v1.0/myorg/groups/{ws}/datasets/{ds}/tables/Anomalies/rows",
+        "Bearer from-entra",
+    )
+
+
+def test_sink_from_settings_sends_aggregates_only_to_a_push_url():
+    url = "https://pbi.test/beta/t/datasets/d/rows?key=k"
+    settings = load_settings(settings_env(POWERBI_PUSH_URL=url))
+    sink = sink_from_settings(settings, transport=lambda u, b, h: (200, {}, b""), start=False)
+    sink.offer([pred(anomaly=True)])
+    assert sink.pending == 0  # anomaly rows need the REST API
+    sink.close()
+    assert sink.stats.rows_offered == sink.stats.rows_dropped == 1  # the unsent aggregate row
+
+
+def test_credential_for_settings_picks_service_principal_or_managed_identity():
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    tenant, client = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
+    ds = {"POWERBI_DATASET_ID": tenant}
+    principal = load_settings(
+        settings_env(
+            **ds, POWERBI_TENANT_ID=tenant, POWERBI_CLIENT_ID=client, POWERBI_CLIENT_SECRET="s"
+        )
+    )
+    assert isinstance(_credential_for(principal), ClientSecretCredential)
+    assert isinstance(_credential_for(load_settings(settings_env(**ds))), DefaultAzureCredential)
+    half = load_settings(settings_env(**ds, POWERBI_CLIENT_SECRET="s"))
+    with pytest.raises(ConfigError) as missing:
+        _credential_for(half)
+    assert missing.value.setting == "POWERBI_TENANT_ID"
