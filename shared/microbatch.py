@@ -207,8 +207,13 @@ class MicroBatcher:
                 max_bytes=self.max_bytes,
             )
             futures = [self._pool.submit(self._send, req, encoded, deadline) for req in requests]
-            for future in futures:
-                results, rejected, model_version, count = future.result()
+            try:
+                answers = [future.result() for future in futures]
+            except BaseException:
+                for future in futures:  # the batch will come again: stop what has not started
+                    future.cancel()
+                raise
+            for results, rejected, model_version, count in answers:
                 outcome.requests += count
                 outcome.rejected.extend(rejected)
                 if model_version is not None:
