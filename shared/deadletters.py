@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 __all__ = ["DeadLetter"]
 
@@ -30,7 +30,7 @@ class DeadLetter:
     @property
     def partition_key(self) -> str:
         """`YYYYMMDD` of `occurred_at` (UTC)."""
-        return self.occurred_at.strftime("%Y%m%d")
+        return self.occurred_at.astimezone(UTC).strftime("%Y%m%d")
 
     @property
     def row_key(self) -> str:

@@ -16,6 +16,7 @@ from .publisher import EventHubPublisher, EventPublisher
 from .scoring import AmlClient
 from .settings import Settings, load_settings
 from .states import StateCache
+from .store import TableStore
 
 __all__ = ["IngestApp", "ScoreApp", "get_settings", "ingest_app", "query_store", "score_app"]
 
@@ -56,10 +57,8 @@ def ingest_app() -> IngestApp:
 
 
 @functools.cache
-def query_store():  # noqa: ANN201 - the store type lives in shared.store
-    """One Table client per worker."""
-    from .store import TableStore
-
+def query_store() -> TableStore:
+    """One Table client per worker, shared by the query and score functions."""
     s = get_settings()
     return TableStore.from_connection_string(s.tables_connection, table_prefix=s.table_prefix)
 

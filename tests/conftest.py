@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.aml_standin import AmlStandIn, run_aml_standin
+from tests.support.conftest_azurite import azurite_tables, table_store  # noqa: F401
 
 os.environ.update(
     {

@@ -9,7 +9,7 @@ import azure.functions as func
 import pytest
 
 import query_function
-from shared.errors import ConfigError, TransientError
+from shared.errors import TransientError
 from shared.predictions import Prediction
 from shared.store import InMemoryTableStore, TableStore
 
@@ -147,44 +147,9 @@ def test_main_unexpected_error_is_a_json_500(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == ["query failed unexpectedly"]
 
 
-def test_build_store_prefers_tables_connection(monkeypatch):
-    conn = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=dGVzdA==;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-    monkeypatch.setenv("TABLES_CONNECTION", conn)
-    monkeypatch.setenv("TABLE_PREFIX", "dev7")
-    store = query_function._build_store()
-    try:
-        assert (type(store), store.table_name("Predictions")) == (TableStore, "dev7Predictions")
-    finally:
-        store.close()
+def test_query_store_is_built_once_per_worker_from_settings():
+    from shared import wiring
 
-
-def test_build_store_falls_back_to_azure_web_jobs_storage(monkeypatch):
-    monkeypatch.delenv("TABLES_CONNECTION", raising=False)
-    monkeypatch.delenv("TABLE_PREFIX", raising=False)
-    monkeypatch.setenv(
-        "AzureWebJobsStorage",
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=dGVzdA==;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
-    )
-    store = query_function._build_store()
-    try:
-        assert store.table_name("Anomalies") == "Anomalies"
-    finally:
-        store.close()
-
-
-def test_build_store_without_a_connection_names_the_setting(monkeypatch):
-    monkeypatch.delenv("TABLES_CONNECTION", raising=False)
-    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
-    with pytest.raises(ConfigError, match="TABLES_CONNECTION"):
-        query_function._build_store()
-
-
-def test_get_store_builds_once_and_reuses(monkeypatch):
-    built = []
-    monkeypatch.setattr(query_function, "_store", None)
-    monkeypatch.setattr(
-        query_function, "_build_store", lambda: built.append(1) or InMemoryTableStore()
-    )
-    first = query_function._get_store()
-    assert query_function._get_store() is first
-    assert built == [1]
+    assert query_function._store is wiring.query_store()
+    assert isinstance(query_function._store, TableStore)
+    assert query_function._store.table_name("Predictions") == "Predictions"

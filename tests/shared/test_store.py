@@ -26,7 +26,6 @@ from tests.support.azurite import connection_string
 
 # Registers the Azurite fixtures when the root conftest does not import them yet; a conftest
 # import, once there, takes precedence and the session still starts one Azurite.
-pytest_plugins = ["tests.support.conftest_azurite"]
 
 T0 = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
 FAR = {"start": T0 - timedelta(days=30), "end": T0 + timedelta(days=1)}

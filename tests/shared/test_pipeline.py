@@ -1,0 +1,229 @@
+"""The scoring pipeline end to end over the AML stand-in (HTTP) and the table store."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.errors import TransientError
+from shared.events import IncomingEvent, decode_event, encode_device_events
+from shared.microbatch import MicroBatcher
+from shared.pipeline import ScoringPipeline
+from shared.readings import Reading
+from shared.scoring import AmlClient
+from shared.states import StateCache
+from shared.store import InMemoryTableStore
+from tests.support.aml_standin import KEY
+
+T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+NOW = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+WINDOW = {"start": T0 - timedelta(days=1), "end": NOW + timedelta(days=1), "limit": 1000}
+
+
+def readings(device: str, n: int, start: int = 0, hot: set[int] = frozenset()) -> list[Reading]:
+    return [
+        Reading(
+            device,
+            T0 + timedelta(seconds=10 * i),
+            {"rpm": 500.0 if i in hot else 50.0, "temperature_c": 60.0},
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def events_for(groups: dict[str, list[Reading]], first_sequence: int = 0) -> list[IncomingEvent]:
+    out = encode_device_events(groups, ingested_at=NOW)
+    return [
+        IncomingEvent(
+            e.body,
+            partition="3",
+            offset=str(4096 * (first_sequence + i)),
+            sequence_number=first_sequence + i,
+            enqueued_time=NOW,
+        )
+        for i, e in enumerate(out)
+    ]
+
+
+class Sleepless:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def clock(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+@pytest.fixture(params=["memory", pytest.param("azurite", marks=pytest.mark.azurite)])
+def store(request):
+    if request.param == "memory":
+        return InMemoryTableStore()
+    return request.getfixturevalue("table_store")
+
+
+@pytest.fixture
+def make_pipeline(aml, store):
+    made = []
+
+    def make(**kwargs) -> ScoringPipeline:
+        fake = Sleepless()
+        batcher = MicroBatcher(
+            AmlClient(aml.url, KEY),
+            clock=fake.clock,
+            sleep=fake.sleep,
+            rng=random.Random(0),
+            retry_deadline=kwargs.pop("retry_deadline", 60.0),
+            max_rows=kwargs.pop("max_rows", 2000),
+        )
+        made.append(batcher)
+        return ScoringPipeline(
+            store=store, batcher=batcher, states=StateCache(store, ttl=300), **kwargs
+        )
+
+    yield make
+    for b in made:
+        b.close()
+        b.scorer.close()
+
+
+def stored(store, device: str) -> list[dict]:
+    return store.list_predictions(device, **WINDOW).items
+
+
+def test_pipeline_stores_one_prediction_per_reading_and_indexes_anomalies(make_pipeline, store):
+    report = make_pipeline().process(
+        events_for({"a": readings("a", 5, hot={2}), "b": readings("b", 3)}), now=NOW
+    )
+    assert (
+        report.events,
+        report.readings,
+        report.devices,
+        report.predictions,
+        report.anomalies,
+        report.dead_letters,
+    ) == (2, 8, 2, 8, 1, 0)
+    rows = stored(store, "a")
+    assert [r["timestamp"] for r in rows] == [
+        f"2026-11-27T06:00:{10 * i:02d}.000Z" for i in range(5)
+    ]
+    assert rows[2]["is_anomaly"] is True
+    assert rows[2]["top_metric"] == "rpm"
+    assert rows[2]["metrics"] == {"rpm": 500.0, "temperature_c": 60.0}
+    anomalies = store.list_anomalies(T0.date(), limit=100).items
+    assert [(a["device_id"], a["timestamp"]) for a in anomalies] == [
+        ("a", "2026-11-27T06:00:20.000Z")
+    ]
+    assert store.get_states(["a", "b"]) == {"a": {"seen": 5}, "b": {"seen": 3}}
+
+
+def test_pipeline_redelivery_leaves_one_row_per_reading(make_pipeline, store):
+    batch = events_for({"a": readings("a", 4), "b": readings("b", 4, hot={1})})
+    pipeline = make_pipeline()
+    pipeline.process(batch, now=NOW)
+    pipeline.process(batch, now=NOW)  # the same events again, as Event Hubs may deliver them
+    make_pipeline().process(batch, now=NOW)  # and again on another worker with a cold cache
+    assert len(stored(store, "a")) == 4
+    assert len(stored(store, "b")) == 4
+    assert len(store.list_anomalies(T0.date(), limit=100).items) == 1
+
+
+def test_pipeline_dead_letters_poison_events_and_keeps_the_rest(make_pipeline, store):
+    good = events_for({"a": readings("a", 3)}, first_sequence=10)
+    poison = [
+        IncomingEvent(
+            b"\xff not json", partition="3", offset="999", sequence_number=7, enqueued_time=NOW
+        ),
+        IncomingEvent(
+            b'{"schema": 9, "device_id": "a", "readings": []}',
+            partition="3",
+            offset="1000",
+            sequence_number=8,
+            enqueued_time=NOW,
+        ),
+    ]
+    report = make_pipeline().process([poison[0], *good, poison[1]], now=NOW)
+    assert (report.predictions, report.dead_letters) == (3, 2)
+    letters = store.list_dead_letters(NOW.date(), limit=10).items
+    by_seq = {letter["sequence_number"]: letter for letter in letters}
+    assert sorted(by_seq) == [7, 8]
+    assert by_seq[7]["source"] == "event"
+    assert by_seq[7]["partition"] == "3"
+    assert by_seq[7]["offset"] == "999"
+    assert by_seq[7]["reason"].startswith("undecodable event: body: not JSON")
+    assert by_seq[8]["reason"] == "undecodable event: schema: unsupported schema 9; expected 1"
+    assert by_seq[7]["payload"] == "\\xff not json"
+
+
+def test_pipeline_dead_letters_a_refused_device_as_a_replayable_event(aml, make_pipeline, store):
+    aml.script.poison_devices = {"bad"}
+    report = make_pipeline().process(
+        events_for({"a": readings("a", 2), "bad": readings("bad", 2), "c": readings("c", 2)}),
+        now=NOW,
+    )
+    assert (report.predictions, report.dead_letters) == (4, 1)
+    [letter] = store.list_dead_letters(NOW.date(), limit=10).items
+    assert (letter["source"], letter["device_id"], letter["partition"]) == ("model", "bad", "3")
+    assert letter["reason"].startswith("model refused: AML refused the request (400)")
+    assert decode_event(letter["payload"].encode()) == ("bad", readings("bad", 2))
+    assert stored(store, "bad") == []
+    assert store.get_states(["bad"]) == {"bad": None}
+
+
+def test_pipeline_aml_down_past_deadline_raises_and_writes_nothing(aml, make_pipeline, store):
+    aml.script.faults += [(503, {}, b"")] * 1000
+    batch = events_for({"a": readings("a", 3)})
+    with pytest.raises(TransientError):
+        make_pipeline(retry_deadline=5).process(batch, now=NOW)
+    assert stored(store, "a") == []
+    assert store.get_states(["a"]) == {"a": None}
+    aml.script.faults.clear()
+    make_pipeline().process(batch, now=NOW)  # the redelivery after AML recovers
+    assert len(stored(store, "a")) == 3
+
+
+def test_pipeline_carries_state_across_batches_in_time_order(aml, make_pipeline, store):
+    pipeline = make_pipeline()
+    late_first = events_for(
+        {"a": readings("a", 3, start=3) + readings("a", 3)}
+    )  # out of order inside
+    pipeline.process(late_first, now=NOW)
+    assert [r["timestamp"] for r in aml.record.requests[0]["devices"][0]["readings"]] == [
+        f"2026-11-27T06:00:{10 * i:02d}.000Z" for i in range(6)
+    ]
+    pipeline.process(events_for({"a": readings("a", 2, start=6)}), now=NOW)
+    assert aml.record.requests[1]["devices"][0]["state"] == {"seen": 6}
+    assert store.get_states(["a"]) == {"a": {"seen": 8}}
+
+
+def test_pipeline_sinks_see_predictions_and_a_failing_sink_changes_nothing(
+    make_pipeline, store, caplog
+):
+    seen = []
+
+    class Recorder:
+        def offer(self, predictions):
+            seen.extend(predictions)
+
+    class Broken:
+        def offer(self, predictions):
+            raise RuntimeError("sink bug")
+
+    report = make_pipeline(sinks=[Broken(), Recorder()]).process(
+        events_for({"a": readings("a", 2)}), now=NOW
+    )
+    assert report.predictions == 2
+    assert [p.device_id for p in seen] == ["a", "a"]
+    assert "sink Broken failed" in caplog.text
+    assert len(stored(store, "a")) == 2
+
+
+def test_pipeline_dead_letter_payload_is_json_event(make_pipeline, store, aml):
+    aml.script.poison_devices = {"bad"}
+    make_pipeline().process(events_for({"bad": readings("bad", 1)}), now=NOW)
+    [letter] = store.list_dead_letters(NOW.date(), limit=10).items
+    assert json.loads(letter["payload"])["schema"] == 1
