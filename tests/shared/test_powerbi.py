@@ -29,6 +29,7 @@ from shared.powerbi import (
 from shared.predictions import Prediction
 from shared.settings import load_settings
 from tests.support.powerbi_standin import Limits, PowerBIStandIn, serve
+from tests.support.waiting import wait_until
 
 T0 = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
 REST = PushTarget(dataset_id="ds-1", workspace_id="ws-1", api_url="https://pbi.test")
@@ -426,11 +427,7 @@ def test_entra_token_provider_caches_until_five_minutes_before_expiry():
 
 
 def wait_for(condition, deadline_seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.01)  # poll interval; the wait itself is the condition
+    assert wait_until(condition, timeout=deadline_seconds), "condition not met before the deadline"
 
 
 def test_sink_posts_over_real_http_with_a_bearer_token():
