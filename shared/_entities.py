@@ -25,7 +25,7 @@ from azure.data.tables import EdmType
 
 from .deadletters import DeadLetter
 from .errors import PermanentError
-from .predictions import Prediction
+from .predictions import CORE_FIELDS, Prediction
 from .readings import format_timestamp, row_key
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,8 @@ _KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _PREFIX = re.compile(r"(?:[A-Za-z][A-Za-z0-9]{0,39})?")
 _ROW_KEY = re.compile(r"\d{8}T\d{6}\.\d{3}Z")
-_CORE = frozenset(
-    {
-        "PartitionKey",
-        "RowKey",
-        "timestamp",
-        "anomaly_score",
-        "is_anomaly",
-        "top_metric",
-        "failure_probability",
-        "maintenance_due",
-        "model_version",
-        "metrics",
-        "device_id",
-    }
-)
+# Stored properties that are not extras: the keys, the contract fields, and what the pipeline adds.
+_CORE = frozenset({"PartitionKey", "RowKey", *CORE_FIELDS, "model_version", "metrics", "device_id"})
 
 
 def _units(text: str) -> int:
