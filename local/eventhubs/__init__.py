@@ -1,0 +1,1 @@
+"""An Event Hubs emulator that the unmodified azure-eventhub SDK talks to."""
