@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
+    "ConflictError",
     "FieldError",
     "FleetscoreError",
     "PermanentError",
@@ -80,6 +81,10 @@ class TransientError(FleetscoreError):
         self.retry_after = retry_after
         self.status = status
         super().__init__(message)
+
+
+class ConflictError(TransientError):
+    """Someone else changed the row since it was read: read it again, then retry."""
 
 
 class PermanentError(FleetscoreError):

@@ -29,6 +29,7 @@ __all__ = [
     "Rejection",
     "ScoreOutcome",
     "chunk_device",
+    "next_chunk",
     "pack_requests",
 ]
 
@@ -73,26 +74,35 @@ def _fragment(reading: Reading) -> str:
     return json.dumps(reading.to_json(), separators=(",", ":"))
 
 
+def next_chunk(
+    device_id: str, readings: Sequence[Reading], start: int, *, max_rows: int, max_bytes: int
+) -> DeviceChunk:
+    """The longest run from `start` that fits a request with this device alone (at least one)."""
+    budget = max_bytes - _REQUEST_OVERHEAD - _DEVICE_OVERHEAD - len(device_id)
+    rows: list[Reading] = []
+    frags: list[str] = []
+    size = 0
+    for reading in readings[start : start + max_rows]:
+        frag = _fragment(reading)
+        cost = len(frag.encode()) + 1
+        if rows and size + cost > budget:
+            break
+        rows.append(reading)
+        frags.append(frag)
+        size += cost
+    return DeviceChunk(device_id, rows, frags, size)
+
+
 def chunk_device(
     device_id: str, readings: Sequence[Reading], *, max_rows: int, max_bytes: int
 ) -> list[DeviceChunk]:
     """Cut one device's readings into chunks that each fit a request on their own."""
-    budget = max_bytes - _REQUEST_OVERHEAD - _DEVICE_OVERHEAD - len(device_id)
     chunks: list[DeviceChunk] = []
-    rows: list[Reading] = []
-    frags: list[str] = []
-    size = 0
-    for reading in readings:
-        frag = _fragment(reading)
-        cost = len(frag.encode()) + 1
-        if rows and (len(rows) >= max_rows or size + cost > budget):
-            chunks.append(DeviceChunk(device_id, rows, frags, size))
-            rows, frags, size = [], [], 0
-        rows.append(reading)
-        frags.append(frag)
-        size += cost
-    if rows:
-        chunks.append(DeviceChunk(device_id, rows, frags, size))
+    start = 0
+    while start < len(readings):
+        chunk = next_chunk(device_id, readings, start, max_rows=max_rows, max_bytes=max_bytes)
+        chunks.append(chunk)
+        start += len(chunk.readings)
     return chunks
 
 
@@ -190,16 +200,24 @@ class MicroBatcher:
         encoded = {
             d: json.dumps(s, separators=(",", ":")) for d, s in states.items() if s is not None
         }
-        chunked = {
-            d: chunk_device(
-                d, rs, max_rows=self.max_rows, max_bytes=self.max_bytes - len(encoded.get(d, ""))
-            )
-            for d, rs in devices.items()
-            if rs
-        }
-        rounds = max((len(c) for c in chunked.values()), default=0)
-        for r in range(rounds):
-            round_chunks = [c[r] for c in chunked.values() if len(c) > r]
+        # A device's next chunk is cut each round against the state the model just returned,
+        # which may have grown, so every request stays within max_bytes.
+        cursors = {d: 0 for d, rs in devices.items() if rs}
+        while cursors:
+            round_chunks = []
+            for device_id in list(cursors):
+                readings = devices[device_id]
+                chunk = next_chunk(
+                    device_id,
+                    readings,
+                    cursors[device_id],
+                    max_rows=self.max_rows,
+                    max_bytes=self.max_bytes - len(encoded.get(device_id, "null")),
+                )
+                round_chunks.append(chunk)
+                cursors[device_id] += len(chunk.readings)
+                if cursors[device_id] >= len(readings):
+                    del cursors[device_id]
             requests = pack_requests(
                 round_chunks,
                 {d: len(s) for d, s in encoded.items()},

@@ -1,9 +1,15 @@
 """The scoring use case: a batch of events in, predictions stored, dead letters kept, sinks fed.
 
 Write order is what makes redelivery harmless: predictions (idempotent upserts keyed by
-reading), then dead letters (keyed by origin), and the device states last. If anything fails
-before the states are written the invocation raises, the batch comes again, and it is scored
-again from the same states into the same rows.
+reading), then dead letters (keyed by origin event and payload), and the device states last,
+conditional on the ETags they were read with. If anything transient fails before the states
+are written the invocation raises, the batch comes again, and it is scored again from the same
+states into the same rows.
+
+Only transient failures (and a misconfigured endpoint) may fail the invocation: the trigger's
+retry policy redelivers forever, so anything that would fail again the same way (a row the
+table service refuses, a model answer that breaks the contract) becomes a dead letter instead,
+or the partition would stall.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from datetime import datetime
 from typing import Protocol
 
 from .deadletters import DeadLetter
-from .errors import ValidationError
+from .errors import ConflictError, PermanentError, ValidationError
 from .events import IncomingEvent, decode_event
-from .microbatch import MicroBatcher
-from .predictions import Prediction
+from .microbatch import MicroBatcher, ScoreOutcome
+from .predictions import DeviceResult, Prediction
 from .readings import Reading
 from .states import StateCache, StateStore
 
@@ -110,72 +116,36 @@ class ScoringPipeline:
                 of it has been checkpointed and nothing written so far can duplicate.
         """
         report = BatchReport(events=len(events))
-        letters: list[DeadLetter] = []
+        event_letters: list[DeadLetter] = []
         devices: dict[str, list[Reading]] = {}
-        origins: dict[str, _Origin] = {}
+        origins: dict[int, _Origin] = {}  # id(reading) -> the event it came in
         for event in events:
             try:
                 device_id, readings = decode_event(event.body)
             except ValidationError as exc:
-                letters.append(_event_letter(event, f"undecodable event: {exc}", now))
+                event_letters.append(_event_letter(event, f"undecodable event: {exc}", now))
                 continue
-            devices.setdefault(device_id, []).extend(readings)
-            origins.setdefault(
-                device_id,
-                _Origin(event.partition, event.offset, event.sequence_number, event.enqueued_time),
+            origin = _Origin(
+                event.partition, event.offset, event.sequence_number, event.enqueued_time
             )
+            for reading in readings:
+                origins[id(reading)] = origin
+            devices.setdefault(device_id, []).extend(readings)
         for readings in devices.values():
             readings.sort(key=lambda r: r.timestamp)  # stable: repeated timestamps keep order
         report.devices = len(devices)
         report.readings = sum(len(r) for r in devices.values())
 
-        states = self.states.get_many(list(devices))
-        outcome = self.batcher.score(devices, states)
-        report.requests = outcome.requests
-
-        predictions = [p for result in outcome.results.values() for p in result.predictions]
-        anomalies = [p for p in predictions if p.is_anomaly]
-        for rejection in outcome.rejected:
-            origin = origins[rejection.device_id]
-            payload = {
-                "schema": 1,
-                "device_id": rejection.device_id,
-                "readings": [r.to_json() for r in rejection.readings],
-            }
-            letters.append(
-                DeadLetter(
-                    payload=json.dumps(payload, separators=(",", ":")),
-                    reason=rejection.reason,
-                    source="model",
-                    occurred_at=origin.enqueued_time or now,
-                    partition=origin.partition,
-                    offset=origin.offset,
-                    sequence_number=origin.sequence_number,
-                    device_id=rejection.device_id,
-                )
-            )
-
-        if predictions:
-            self.store.upsert_predictions(predictions)
-        if anomalies:
-            self.store.upsert_anomalies(anomalies)
-        if letters:
-            self.store.add_dead_letters(letters)
-            for letter in letters:
-                log.warning(
-                    "dead-lettered %s data (partition %s, seq %s, device %s): %s",
-                    letter.source,
-                    letter.partition,
-                    letter.sequence_number,
-                    letter.device_id,
-                    letter.reason[:300],
-                )
-        if outcome.results:
-            self.states.put_many(
-                {d: r.state for d, r in outcome.results.items()},
-                model_version=outcome.model_version or "unknown",
-                now=now,
-            )
+        try:
+            predictions, letters, requests = self._score_and_store(devices, origins, now)
+        except ConflictError:
+            # Another worker wrote some of these states since we cached them: score again
+            # from what is stored now (the cache forgot those devices).
+            log.warning("device states changed under this worker; scoring the batch again")
+            predictions, letters, requests = self._score_and_store(devices, origins, now)
+        if event_letters:
+            self._dead_letter(event_letters)
+        letters = event_letters + letters
 
         for sink in self.sinks:
             try:
@@ -185,8 +155,9 @@ class ScoringPipeline:
                     "sink %s failed; predictions are stored regardless", type(sink).__name__
                 )
 
+        report.requests = requests
         report.predictions = len(predictions)
-        report.anomalies = len(anomalies)
+        report.anomalies = sum(1 for p in predictions if p.is_anomaly)
         report.dead_letters = len(letters)
         report.reasons = [letter.reason for letter in letters]
         log.info(
@@ -201,3 +172,109 @@ class ScoringPipeline:
             report.dead_letters,
         )
         return report
+
+    def _score_and_store(
+        self, devices: dict[str, list[Reading]], origins: dict[int, _Origin], now: datetime
+    ) -> tuple[list[Prediction], list[DeadLetter], int]:
+        snapshot = self.states.get_many(list(devices))
+        outcome = self.batcher.score(devices, snapshot.states)
+        letters: list[DeadLetter] = []
+        for rejection in outcome.rejected:
+            letters += self._letters(
+                rejection.device_id, rejection.readings, rejection.reason, "model", origins, now
+            )
+        rejected = {id(r) for rejection in outcome.rejected for r in rejection.readings}
+        for device_id, reason in self._store_predictions(outcome).items():
+            del outcome.results[device_id]
+            scored = [r for r in devices[device_id] if id(r) not in rejected]
+            letters += self._letters(device_id, scored, reason, "store", origins, now)
+        predictions = [p for result in outcome.results.values() for p in result.predictions]
+        self._index_anomalies(outcome.results)
+        if letters:
+            self._dead_letter(letters)
+        if outcome.results:
+            self.states.put_many(
+                {d: r.state for d, r in outcome.results.items()},
+                snapshot,
+                model_version=outcome.model_version or "unknown",
+                now=now,
+            )
+        return predictions, letters, outcome.requests
+
+    def _store_predictions(self, outcome: ScoreOutcome) -> dict[str, str]:
+        """Upsert every prediction; if the service refuses the lot, find the devices it refuses."""
+        predictions = [p for result in outcome.results.values() for p in result.predictions]
+        if not predictions:
+            return {}
+        try:
+            self.store.upsert_predictions(predictions)
+            return {}
+        except PermanentError:
+            log.warning(
+                "table service refused a write of %d predictions; isolating", len(predictions)
+            )
+        refused: dict[str, str] = {}
+        for device_id, result in outcome.results.items():
+            try:
+                self.store.upsert_predictions(result.predictions)
+            except PermanentError as exc:
+                refused[device_id] = f"table service refused the predictions: {exc}"
+        return refused
+
+    def _index_anomalies(self, results: dict[str, DeviceResult]) -> None:
+        """The Anomalies table is an index over Predictions: a refused row is logged, not fatal."""
+        anomalies = [p for r in results.values() for p in r.predictions if p.is_anomaly]
+        if not anomalies:
+            return
+        try:
+            self.store.upsert_anomalies(anomalies)
+        except PermanentError as exc:
+            log.error(
+                "anomaly index refused %d rows (predictions are stored): %s", len(anomalies), exc
+            )
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        self.store.add_dead_letters(letters)
+        for letter in letters:
+            log.warning(
+                "dead-lettered %s data (partition %s, seq %s, device %s): %s",
+                letter.source,
+                letter.partition,
+                letter.sequence_number,
+                letter.device_id,
+                letter.reason[:300],
+            )
+
+    @staticmethod
+    def _letters(
+        device_id: str,
+        readings: list[Reading],
+        reason: str,
+        source: str,
+        origins: dict[int, _Origin],
+        now: datetime,
+    ) -> list[DeadLetter]:
+        """One replayable schema-1 event per (origin event, device): stable across batch cuts."""
+        by_origin: dict[_Origin, list[Reading]] = {}
+        for reading in readings:
+            by_origin.setdefault(origins[id(reading)], []).append(reading)
+        out = []
+        for origin, group in by_origin.items():
+            payload = {
+                "schema": 1,
+                "device_id": device_id,
+                "readings": [r.to_json() for r in group],
+            }
+            out.append(
+                DeadLetter(
+                    payload=json.dumps(payload, separators=(",", ":")),
+                    reason=reason,
+                    source=source,
+                    occurred_at=origin.enqueued_time or now,
+                    partition=origin.partition,
+                    offset=origin.offset,
+                    sequence_number=origin.sequence_number,
+                    device_id=device_id,
+                )
+            )
+        return out

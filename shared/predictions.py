@@ -6,6 +6,7 @@ the same endpoint, such as a forecaster); they are kept in `extra` and stored an
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ from .readings import Reading, format_timestamp, parse_timestamp
 
 __all__ = [
     "CORE_FIELDS",
+    "MAX_EXTRA_FIELDS",
+    "MAX_STATE_CHARS",
     "DeviceResult",
     "Prediction",
     "parse_device_result",
@@ -37,6 +40,10 @@ CORE_FIELDS = (
 _EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _RESERVED = frozenset({"device_id", "model_version", "metrics", "partitionkey", "rowkey", "etag"})
 _MAX_STRING = 1024
+# A stored row has at most 252 properties; the contract's fields and keys take about a dozen.
+MAX_EXTRA_FIELDS = 200
+# A state is stored in one Table entity (1 MiB, strings count two bytes per character).
+MAX_STATE_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +114,13 @@ def _prediction(
     if not isinstance(is_anomaly, bool):
         errors.append(FieldError(f"{where}.is_anomaly", "must be a boolean"))
     top = raw.get("top_metric")
-    if top is not None and not isinstance(top, str):
-        errors.append(FieldError(f"{where}.top_metric", "must be a string or null"))
+    if top is not None and (not isinstance(top, str) or len(top) > _MAX_STRING):
+        errors.append(
+            FieldError(
+                f"{where}.top_metric",
+                f"must be a string of at most {_MAX_STRING} characters, or null",
+            )
+        )
     prob: float | None = None
     if raw.get("failure_probability") is not None:
         prob = _number(raw.get("failure_probability"))
@@ -120,6 +132,9 @@ def _prediction(
     if due is not None and not isinstance(due, bool):
         errors.append(FieldError(f"{where}.maintenance_due", "must be a boolean or null"))
     extra: dict[str, Scalar] = {}
+    if len(raw) - len(CORE_FIELDS) > MAX_EXTRA_FIELDS:
+        errors.append(FieldError(where, f"more than {MAX_EXTRA_FIELDS} extra fields"))
+        return None, errors
     for name, value in raw.items():
         if name in CORE_FIELDS:
             continue
@@ -176,6 +191,14 @@ def parse_device_result(
     state = raw.get("state")
     if not isinstance(state, Mapping):
         raise ValidationError.single("state", "must be an object")
+    try:
+        state_chars = len(json.dumps(state, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError):
+        raise ValidationError.single("state", "must be plain JSON (finite numbers)") from None
+    if state_chars > MAX_STATE_CHARS:
+        raise ValidationError.single(
+            "state", f"{state_chars} characters of JSON; at most {MAX_STATE_CHARS}"
+        )
     preds = raw.get("predictions")
     if not isinstance(preds, list):
         raise ValidationError.single("predictions", "must be an array")

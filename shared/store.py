@@ -34,8 +34,11 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any, Protocol, Self, TypeVar
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -67,7 +70,7 @@ from ._entities import (
     _wire_size,
 )
 from .deadletters import DeadLetter
-from .errors import ConfigError, PermanentError, TransientError
+from .errors import ConfigError, ConflictError, PermanentError, TransientError
 from .predictions import Prediction
 from .readings import row_key
 
@@ -90,6 +93,7 @@ PREDICTIONS, DEVICE_STATE, ANOMALIES, DEAD_LETTERS = (
     "DeadLetters",
 )
 _TABLES = (PREDICTIONS, DEVICE_STATE, ANOMALIES, DEAD_LETTERS)
+_ETAG = "__etag__"  # where a read entity carries its ETag; never a stored property
 
 _FIRST_WINDOW = timedelta(hours=1)
 _MAX_WINDOW = timedelta(days=7)
@@ -238,6 +242,53 @@ class _StoreBase(ABC):
         """Replace each device's state; every state is checked before anything is written."""
         entities = [_state_entity(d, s, model_version, now) for d, s in states.items()]
         self._write(DEVICE_STATE, entities)
+
+    def get_versioned_states(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+        """Like `get_states`, with each row's ETag (None when the device has no row yet)."""
+        ids = list(dict.fromkeys(device_ids))
+        for device_id in ids:
+            _check_key(device_id, "device_id")
+        if not ids:
+            return {}
+        self._ready()
+        table = self.table_name(DEVICE_STATE)
+        found = self._map(lambda d: self._get(table, d, "state"), ids, reads=True)
+        out: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+        for device_id, entity in zip(ids, found, strict=True):
+            if entity is None:
+                out[device_id] = (None, None)
+                continue
+            text = _join_text(entity, "state")
+            out[device_id] = (None if text is None else json.loads(text), entity.get(_ETAG))
+        return out
+
+    def replace_states(
+        self,
+        states: Mapping[str, dict[str, Any]],
+        etags: Mapping[str, str | None],
+        *,
+        model_version: str,
+        now: datetime,
+    ) -> dict[str, str]:
+        """Write states only where the row is still the one read (optimistic concurrency).
+
+        An ETag of None means "there was no row": the write then only creates. Returns the new
+        ETags.
+
+        Raises:
+            ConflictError: another writer changed (or created) a row since it was read.
+        """
+        entities = [_state_entity(d, s, model_version, now) for d, s in states.items()]
+        if not entities:
+            return {}
+        self._ready()
+        table = self.table_name(DEVICE_STATE)
+        tags = self._map(
+            lambda e: self._put(table, e, etags.get(e["PartitionKey"])), entities, reads=False
+        )
+        return {e["PartitionKey"]: tag for e, tag in zip(entities, tags, strict=True)}
 
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> None:
         """Upsert (replace) one row per (device, timestamp), in batch transactions."""
@@ -389,6 +440,10 @@ class _StoreBase(ABC):
     def _submit(self, table: str, batch: list[Entity]) -> None: ...
 
     @abstractmethod
+    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
+        """Create (etag None) or replace if unchanged; return the new ETag, or ConflictError."""
+
+    @abstractmethod
     def _scan(
         self,
         table: str,
@@ -520,7 +575,10 @@ class TableStore(_StoreBase):
     def _get(self, table: str, partition_key: str, key: str) -> Entity | None:
         with _mapped(f"read {table}"):
             try:
-                return dict(self._client(table).get_entity(partition_key, key))
+                found = self._client(table).get_entity(partition_key, key)
+                entity = dict(found)
+                entity[_ETAG] = found.metadata.get("etag")
+                return entity
             except ResourceNotFoundError as exc:
                 if getattr(exc, "error_code", None) == "TableNotFound":
                     raise
@@ -535,6 +593,25 @@ class TableStore(_StoreBase):
                 client.submit_transaction(
                     [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch]
                 )
+
+    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
+        client = self._client(table)
+        with _mapped(f"write state to {table}"):
+            try:
+                if etag is None:
+                    meta = client.create_entity(entity)
+                else:
+                    meta = client.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceExistsError, ResourceModifiedError) as exc:
+                raise ConflictError(
+                    f"state of {entity['PartitionKey']!r} changed since it was read"
+                ) from exc
+        return str(meta["etag"])
 
     def _scan(
         self,
@@ -603,6 +680,8 @@ class InMemoryTableStore(_StoreBase):
         super().__init__(table_prefix=table_prefix, max_workers=max_workers)
         self._tables: dict[str, dict[str, dict[str, Entity]]] = {}
         self._lock = threading.Lock()
+        self._etags: dict[tuple[str, str, str], str] = {}
+        self._version = 0
         self.transactions = 0  # how many transactions were submitted, for tests
 
     def close(self) -> None:
@@ -621,7 +700,24 @@ class InMemoryTableStore(_StoreBase):
     def _get(self, table: str, partition_key: str, key: str) -> Entity | None:
         with self._lock:
             entity = self._table(table).get(partition_key, {}).get(key)
-            return None if entity is None else dict(entity)
+            if entity is None:
+                return None
+            return {**entity, _ETAG: self._etags.get((table, partition_key, key))}
+
+    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
+        _check_entity(entity)
+        where = (table, entity["PartitionKey"], entity["RowKey"])
+        with self._lock:
+            partition = self._table(table).setdefault(entity["PartitionKey"], {})
+            exists = entity["RowKey"] in partition
+            if (etag is None and exists) or (etag is not None and self._etags.get(where) != etag):
+                raise ConflictError(
+                    f"state of {entity['PartitionKey']!r} changed since it was read"
+                )
+            partition[entity["RowKey"]] = {k: v for k, v in entity.items() if v is not None}
+            self._version += 1
+            self._etags[where] = f'W/"{self._version}"'
+            return self._etags[where]
 
     def _submit(self, table: str, batch: list[Entity]) -> None:
         if not 1 <= len(batch) <= _MAX_BATCH_OPS:
@@ -638,6 +734,10 @@ class InMemoryTableStore(_StoreBase):
             partition = self._table(table).setdefault(batch[0]["PartitionKey"], {})
             for entity in batch:
                 partition[entity["RowKey"]] = {k: v for k, v in entity.items() if v is not None}
+                self._version += 1
+                self._etags[(table, entity["PartitionKey"], entity["RowKey"])] = (
+                    f'W/"{self._version}"'
+                )
             self.transactions += 1
 
     def _scan(
