@@ -174,3 +174,45 @@ def test_score_config_error_is_not_dead_lettering(aml, make_batcher):
     aml.script.faults.append((401, {}, b""))
     with pytest.raises(EndpointConfigError):
         make_batcher().score({"a": readings("a", 2), "b": readings("b", 2)}, {})
+
+
+def test_score_keeps_requests_within_max_bytes_when_the_state_grows(aml, make_batcher):
+    def model(req):
+        from tests.support.aml_standin import toy_model
+
+        out = toy_model(req)
+        for d in out["devices"]:
+            d["state"]["history"] = "h" * 3000
+        return out
+
+    aml.script.model = model
+    batcher = make_batcher(max_bytes=8192)
+    outcome = batcher.score({"a": readings("a", 300)}, {"a": None})
+    assert len(outcome.results["a"].predictions) == 300
+    sizes = [len(json.dumps(req, separators=(",", ":"))) for req in aml.record.requests]
+    assert len(sizes) > 2
+    assert max(sizes) <= 8192
+
+
+def test_predictions_over_the_table_limits_are_rejected_at_the_boundary(aml, make_batcher):
+    def model(req):
+        from tests.support.aml_standin import toy_model
+
+        out = toy_model(req)
+        for d in out["devices"]:
+            if d["device_id"] == "wide":
+                d["predictions"][0].update({f"h{i}": float(i) for i in range(201)})
+            if d["device_id"] == "fat":
+                d["state"]["blob"] = "x" * (256 * 1024)
+        return out
+
+    aml.script.model = model
+    outcome = make_batcher().score(
+        {"wide": readings("wide", 1), "fat": readings("fat", 1), "ok": readings("ok", 1)}, {}
+    )
+    reasons = {r.device_id: r.reason for r in outcome.rejected}
+    assert reasons == {
+        "wide": "invalid model response: predictions[0]: more than 200 extra fields",
+        "fat": "invalid model response: state: 262164 characters of JSON; at most 262144",
+    }
+    assert list(outcome.results) == ["ok"]

@@ -227,3 +227,76 @@ def test_pipeline_dead_letter_payload_is_json_event(make_pipeline, store, aml):
     make_pipeline().process(events_for({"bad": readings("bad", 1)}), now=NOW)
     [letter] = store.list_dead_letters(NOW.date(), limit=10).items
     assert json.loads(letter["payload"])["schema"] == 1
+
+
+def test_pipeline_a_row_the_table_refuses_is_dead_lettered_not_retried_forever(
+    aml, make_pipeline, store
+):
+    def model(req):
+        from tests.support.aml_standin import toy_model
+
+        out = toy_model(req)
+        for d in out["devices"]:
+            if d["device_id"] == "wide":
+                for p in d["predictions"]:
+                    p["note"] = "x" * 1000
+                    p["top_metric"] = "t" * 1024
+        return out
+
+    aml.script.model = model
+
+    class Picky:
+        """The real store's refusal, for one device: as the service answers a bad entity."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def upsert_predictions(self, predictions):
+            if any(p.device_id == "wide" for p in predictions):
+                from shared.errors import PermanentError
+
+                raise PermanentError("PropertyValueTooLarge", status=400)
+            self.inner.upsert_predictions(predictions)
+
+    pipeline = make_pipeline()
+    pipeline.store = Picky(store)
+    report = pipeline.process(
+        events_for({"ok": readings("ok", 2), "wide": readings("wide", 3)}), now=NOW
+    )
+    assert (report.predictions, report.dead_letters) == (2, 1)
+    [letter] = store.list_dead_letters(NOW.date(), limit=10).items
+    assert (letter["source"], letter["device_id"]) == ("store", "wide")
+    assert letter["reason"].startswith("table service refused the predictions")
+    assert len(decode_event(letter["payload"].encode())[1]) == 3
+    assert store.get_states(["ok", "wide"]) == {"ok": {"seen": 2}, "wide": None}
+
+
+def test_pipeline_a_state_changed_by_another_worker_is_read_again(aml, make_pipeline, store):
+    first, second = make_pipeline(), make_pipeline()
+    first.process(events_for({"a": readings("a", 1)}), now=NOW)  # first caches {"seen": 1}
+    second.process(events_for({"a": readings("a", 1, start=1)}), now=NOW)  # the partition moved
+    first.process(events_for({"a": readings("a", 1, start=2)}), now=NOW)  # and came back
+    assert store.get_states(["a"]) == {"a": {"seen": 3}}
+    states_sent = [req["devices"][0]["state"] for req in aml.record.requests]
+    assert states_sent == [
+        None,
+        {"seen": 1},
+        {"seen": 1},
+        {"seen": 2},
+    ]  # the stale try, then the stored one
+
+
+def test_pipeline_model_rejections_dead_letter_one_row_per_origin_event(aml, make_pipeline, store):
+    aml.script.poison_devices = {"bad"}
+    batch = events_for({"bad": readings("bad", 2)}, first_sequence=5) + events_for(
+        {"bad": readings("bad", 2, start=2)}, first_sequence=6
+    )
+    make_pipeline().process(batch, now=NOW)
+    make_pipeline().process(batch[1:], now=NOW)  # redelivered with other batch boundaries
+    letters = store.list_dead_letters(NOW.date(), limit=10).items
+    assert sorted(
+        (x["sequence_number"], len(decode_event(x["payload"].encode())[1])) for x in letters
+    ) == [(5, 2), (6, 2)]
