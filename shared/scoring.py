@@ -163,7 +163,9 @@ class AdaptiveLimit:
     """A concurrency limit that halves on 429 and grows by one after a window of successes.
 
     AML starts answering 429 when too many requests are in flight, so the client backs off
-    multiplicatively and probes upward slowly (AIMD, like TCP) instead of hammering.
+    multiplicatively and probes upward slowly (AIMD, like TCP) instead of hammering. Like TCP,
+    it cuts once per congestion event: answers to requests sent before the last cut do not cut
+    again, so four simultaneous 429s halve the limit once, not four times.
     """
 
     def __init__(self, maximum: int, *, initial: int | None = None) -> None:
@@ -173,21 +175,25 @@ class AdaptiveLimit:
         self.limit = min(maximum, initial or maximum)
         self._in_flight = 0
         self._successes = 0
+        self._generation = 0
         self._cond = threading.Condition()
 
-    def acquire(self) -> None:
-        """Block until a slot under the current limit is free."""
+    def acquire(self) -> int:
+        """Block until a slot under the current limit is free; return a ticket for `release`."""
         with self._cond:
             while self._in_flight >= self.limit:
                 self._cond.wait()
             self._in_flight += 1
+            return self._generation
 
-    def release(self, *, throttled: bool = False) -> None:
-        """Free a slot and adapt: halve on throttling, +1 after `limit` successes."""
+    def release(self, ticket: int | None = None, *, throttled: bool = False) -> None:
+        """Free a slot and adapt: halve on throttling (once per cut), +1 after `limit` successes."""
         with self._cond:
             self._in_flight -= 1
             if throttled:
-                self.limit = max(1, self.limit // 2)
+                if ticket is None or ticket >= self._generation:
+                    self.limit = max(1, self.limit // 2)
+                    self._generation += 1
                 self._successes = 0
             else:
                 self._successes += 1
@@ -223,7 +229,7 @@ def call_with_retry(
     rng = rng or random.Random()
     attempt = 0
     while True:
-        limit.acquire()
+        ticket = limit.acquire()
         throttled = False
         try:
             return scorer.score(body)
@@ -236,6 +242,6 @@ def call_with_retry(
                 ) from exc
             log.warning("scoring attempt %d failed (%s); retrying in %.2fs", attempt + 1, exc, wait)
         finally:
-            limit.release(throttled=throttled)
+            limit.release(ticket, throttled=throttled)
         sleep(wait)
         attempt += 1

@@ -44,7 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Table Storage connection string; empty = AzureWebJobsStorage",
         True,
     ),
-    Setting("TABLE_PREFIX", "", "Prefix for the four table names (letters and digits)"),
+    Setting("TABLE_PREFIX", "", "Prefix for the four table names (a letter, then letters/digits)"),
     Setting("AML_ENDPOINT_URL", None, "Scoring URI of the Azure ML online endpoint"),
     Setting("AML_ENDPOINT_KEY", None, "Key of the AML endpoint (sent as a Bearer token)", True),
     Setting(
@@ -61,9 +61,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SCORE_RETRY_DEADLINE_SECONDS",
         "60",
-        "How long one batch retries AML before failing the invocation",
+        "How long one batch retries AML before failing the invocation (at most 300)",
     ),
-    Setting("STATE_CACHE_SECONDS", "300", "How long a device state stays cached in memory"),
+    Setting(
+        "STATE_CACHE_SECONDS", "300", "How long a device state stays cached (writes check ETags)"
+    ),
     Setting("POWERBI_API_URL", "https://api.powerbi.com", "Power BI REST API root"),
     Setting(
         "POWERBI_WORKSPACE_ID", "", "Workspace (group) of the push dataset; empty = My workspace"
@@ -84,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
-_PREFIX = re.compile(r"[A-Za-z0-9]{0,20}")
+_PREFIX = re.compile(r"(?:[A-Za-z][A-Za-z0-9]{0,19})?")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
@@ -195,7 +197,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError("TABLES_CONNECTION", "is required (or set AzureWebJobsStorage)")
     prefix = _text(env, "TABLE_PREFIX")
     if not _PREFIX.fullmatch(prefix):
-        raise ConfigError("TABLE_PREFIX", "must be at most 20 letters and digits")
+        raise ConfigError(
+            "TABLE_PREFIX", "must be empty or a letter then up to 19 letters and digits"
+        )
     for name in (
         "POWERBI_WORKSPACE_ID",
         "POWERBI_DATASET_ID",
@@ -218,7 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         score_max_rows=_number(env, "SCORE_MAX_ROWS", int, 1, 100_000),
         score_max_bytes=_number(env, "SCORE_MAX_BYTES", int, 4096, 100 * 1024 * 1024),
         score_max_concurrency=_number(env, "SCORE_MAX_CONCURRENCY", int, 1, 64),
-        score_retry_deadline_seconds=_number(env, "SCORE_RETRY_DEADLINE_SECONDS", float, 0, 3600),
+        score_retry_deadline_seconds=_number(env, "SCORE_RETRY_DEADLINE_SECONDS", float, 0, 300),
         state_cache_seconds=_number(env, "STATE_CACHE_SECONDS", float, 0, 86_400),
         powerbi_api_url=_url(env, "POWERBI_API_URL"),
         powerbi_workspace_id=_text(env, "POWERBI_WORKSPACE_ID"),

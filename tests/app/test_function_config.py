@@ -95,7 +95,6 @@ def test_requirements_hold_only_what_runs_on_azure():
         "azure-data-tables",
         "azure-identity",
         "requests",
-        "numpy",
     } <= names
     assert not names & {"pytest", "ruff", "hypothesis"}
 
@@ -104,3 +103,14 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [s.name for s in SETTINGS if f"| `{s.name}` |" not in readme]
     assert missing == []
+
+
+def test_readme_deploy_command_sets_every_setting_the_bindings_resolve():
+    """The host resolves %NAME% from app settings only: Python defaults do not reach it."""
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("az functionapp config appsettings set") :].split("```")[0]
+    named = set()
+    for name in FUNCTIONS:
+        named |= set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / name / "function.json").read_text()))
+        named |= {b["connection"] for b in load(name)["bindings"] if "connection" in b}
+    assert sorted(n for n in named if f"{n}=" not in deploy) == []

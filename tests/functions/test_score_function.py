@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import score_function
+from shared.errors import TransientError
 from shared.events import encode_device_events
 from shared.microbatch import MicroBatcher
 from shared.pipeline import ScoringPipeline
@@ -78,7 +79,7 @@ def test_score_function_dead_letters_poison_with_its_coordinates(store):
 def test_score_function_raises_so_the_retry_policy_redelivers(store, aml, caplog):
     aml.script.faults += [(503, {}, b"")] * 1000
     events = eventhub_batch(bodies("a", 2), partition="1", first_sequence=7, enqueued=NOW)
-    with pytest.raises(Exception, match="gave up"):
+    with pytest.raises(TransientError, match="gave up"):
         score_function.main(events)
     assert (
         "batch of 1 events (partition 1, first sequence 7) failed; it will be redelivered"

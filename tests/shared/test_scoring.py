@@ -208,3 +208,14 @@ def test_adaptive_limit_blocks_beyond_the_limit():
 )
 def test_parse_retry_after(raw, seconds):
     assert parse_retry_after(raw) == seconds
+
+
+def test_adaptive_limit_cuts_once_for_simultaneous_throttles():
+    limit = AdaptiveLimit(8)
+    tickets = [limit.acquire() for _ in range(4)]  # four requests in flight together
+    for ticket in tickets:
+        limit.release(ticket, throttled=True)  # all four answered 429
+    assert limit.limit == 4
+    later = limit.acquire()  # sent after the cut: its 429 is news
+    limit.release(later, throttled=True)
+    assert limit.limit == 2

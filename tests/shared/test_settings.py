@@ -58,7 +58,21 @@ def test_load_settings_needs_some_table_connection():
             "sb://x",
             "EVENTHUB_CONNECTION: is not a connection string: it has no Endpoint=",
         ),
-        ("TABLE_PREFIX", "fleet-1", "TABLE_PREFIX: must be at most 20 letters and digits"),
+        (
+            "TABLE_PREFIX",
+            "fleet-1",
+            "TABLE_PREFIX: must be empty or a letter then up to 19 letters and digits",
+        ),
+        (
+            "TABLE_PREFIX",
+            "1abc",
+            "TABLE_PREFIX: must be empty or a letter then up to 19 letters and digits",
+        ),
+        (
+            "SCORE_RETRY_DEADLINE_SECONDS",
+            "600",
+            "SCORE_RETRY_DEADLINE_SECONDS: must be between 0 and 300, got '600'",
+        ),
         ("POWERBI_DATASET_ID", "not-a-guid", "POWERBI_DATASET_ID: must be a GUID"),
     ],
 )
