@@ -599,6 +599,9 @@ def sink_from_settings(
         transport=transport or requests_transport(requests.Session()),
         token_provider=provider,
         interval_seconds=settings.powerbi_interval_seconds,
+        # Power BI's limits are per dataset; every host pushing to it takes an equal share.
+        posts_per_minute=100.0 / settings.powerbi_writers,
+        rows_per_hour=900_000.0 / settings.powerbi_writers,
     )
     if start:
         sink.start()

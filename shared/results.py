@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,30 +71,78 @@ def encode_result_events(predictions: Sequence[Prediction]) -> list[OutgoingEven
 
 
 class ResultsSink:
-    """Publishes predictions through an `EventPublisher`; never raises into the caller."""
+    """Publishes predictions through an `EventPublisher` from a background thread.
 
-    def __init__(self, publisher: EventPublisher) -> None:
+    `offer` only queues (bounded, so a hub that is down cannot grow memory without limit) and
+    never blocks scoring; `pump` publishes what is queued, and the thread calls it.
+    """
+
+    def __init__(self, publisher: EventPublisher, *, max_queued: int = 100_000) -> None:
         self._publisher = publisher
+        self._max = max_queued
+        self._queue: deque[Prediction] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
         self.stats = ResultsStats()
 
     def offer(self, predictions: Sequence[Prediction]) -> None:
-        """Publish now; on failure count the predictions as dropped and log a warning."""
+        """Queue the predictions; past the cap they are counted as dropped."""
         if not predictions:
             return
+        with self._cond:
+            room = self._max - len(self._queue)
+            taken = list(predictions[: max(room, 0)])
+            self._queue.extend(taken)
+            dropped = len(predictions) - len(taken)
+            self._cond.notify()
+        if dropped:
+            self.stats.predictions_dropped += dropped
+            log.warning("results hub queue full: %d predictions dropped", dropped)
+
+    def pump(self) -> int:
+        """Publish everything queued now; return how many were sent."""
+        with self._cond:
+            batch = list(self._queue)
+            self._queue.clear()
+        if not batch:
+            return 0
         try:
-            self._publisher.publish(encode_result_events(predictions))
+            self._publisher.publish(encode_result_events(batch))
         except FleetscoreError as exc:
             self.stats.failures += 1
-            self.stats.predictions_dropped += len(predictions)
+            self.stats.predictions_dropped += len(batch)
             log.warning(
                 "results hub: %d predictions not published (%s); %d dropped so far",
-                len(predictions),
+                len(batch),
                 exc,
                 self.stats.predictions_dropped,
             )
-            return
-        self.stats.predictions_sent += len(predictions)
+            return 0
+        self.stats.predictions_sent += len(batch)
+        return len(batch)
 
-    def close(self) -> None:
-        """Close the producer."""
+    def start(self) -> None:
+        """Publish from a daemon thread until `close`."""
+        self._thread = threading.Thread(target=self._run, name="results-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._queue:
+                    return
+            self.pump()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued (up to `timeout`), stop the thread, close the producer."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:
+            self.pump()
         self._publisher.close()

@@ -73,6 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POWERBI_DATASET_ID", "", "Push dataset id; empty (and no push URL) = Power BI off"),
     Setting("POWERBI_PUSH_URL", "", "Push URL with key of a dataset made in the Power BI UI", True),
     Setting("POWERBI_INTERVAL_SECONDS", "60", "Aggregation interval of the per-device rows"),
+    Setting(
+        "POWERBI_WRITERS",
+        "1",
+        "Score hosts pushing to one dataset; each paces itself to 1/N of Power BI's limits",
+    ),
     Setting("POWERBI_TENANT_ID", "", "Service principal tenant; empty = managed identity"),
     Setting("POWERBI_CLIENT_ID", "", "Service principal (or user-assigned identity) client id"),
     Setting("POWERBI_CLIENT_SECRET", "", "Service principal secret (a Key Vault reference)", True),
@@ -113,6 +118,7 @@ class Settings:
     powerbi_dataset_id: str
     powerbi_push_url: str
     powerbi_interval_seconds: float
+    powerbi_writers: int
     powerbi_tenant_id: str
     powerbi_client_id: str
     powerbi_client_secret: str
@@ -229,6 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         powerbi_dataset_id=_text(env, "POWERBI_DATASET_ID"),
         powerbi_push_url=_url(env, "POWERBI_PUSH_URL"),
         powerbi_interval_seconds=_number(env, "POWERBI_INTERVAL_SECONDS", float, 1, 3600),
+        powerbi_writers=_number(env, "POWERBI_WRITERS", int, 1, 100),
         powerbi_tenant_id=_text(env, "POWERBI_TENANT_ID"),
         powerbi_client_id=_text(env, "POWERBI_CLIENT_ID"),
         powerbi_client_secret=_text(env, "POWERBI_CLIENT_SECRET"),

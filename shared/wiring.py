@@ -6,6 +6,7 @@ setting's name. Clients connect lazily: building them here costs no network roun
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 from dataclasses import dataclass
@@ -72,13 +73,14 @@ def _sinks(s: Settings) -> list[PredictionSink]:
     if s.results_eventhub_connection:
         from .results import ResultsSink
 
-        sinks.append(
-            ResultsSink(
-                EventHubPublisher.from_connection_string(
-                    s.results_eventhub_connection, eventhub_name=s.results_eventhub_name
-                )
+        results = ResultsSink(
+            EventHubPublisher.from_connection_string(
+                s.results_eventhub_connection, eventhub_name=s.results_eventhub_name
             )
         )
+        results.start()
+        atexit.register(results.close, 5.0)
+        sinks.append(results)
     return sinks
 
 

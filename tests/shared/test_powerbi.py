@@ -623,3 +623,17 @@ def test_credential_for_settings_picks_service_principal_or_managed_identity():
     with pytest.raises(ConfigError) as missing:
         _credential_for(half)
     assert missing.value.setting == "POWERBI_TENANT_ID"
+
+
+def test_sink_from_settings_takes_a_share_of_the_dataset_limits_per_writer():
+    settings = load_settings(
+        settings_env(
+            POWERBI_PUSH_URL="https://pbi.test/beta/t/datasets/d/rows?key=k", POWERBI_WRITERS="4"
+        )
+    )
+    sink = sink_from_settings(settings, transport=lambda u, b, h: (200, {}, b""), start=False)
+    try:
+        assert sink._posts.rate * 60 == pytest.approx(25.0)
+        assert sink._rows.rate * 3600 == pytest.approx(225_000.0)
+    finally:
+        sink.close()

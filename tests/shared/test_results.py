@@ -7,6 +7,7 @@ from shared.errors import TransientError
 from shared.predictions import Prediction
 from shared.publisher import InMemoryPublisher
 from shared.results import ResultsSink, encode_result_events
+from tests.support.waiting import wait_until
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
@@ -30,6 +31,8 @@ def test_results_sink_publishes_one_event_per_device_with_extras():
     hub = InMemoryPublisher()
     sink = ResultsSink(hub)
     sink.offer([pred("a", 0, forecast_24h=3.5), pred("b", 0), pred("a", 1)])
+    assert hub.events == []  # offer only queues: no I/O on the scoring path
+    assert sink.pump() == 3
     assert [e.partition_key for e in hub.events] == ["a", "b"]
     doc = json.loads(hub.events[0].body)
     assert doc["schema"] == 1
@@ -46,6 +49,7 @@ def test_results_sink_never_raises_and_counts_drops(caplog):
     hub.fail_with = TransientError("down")
     sink = ResultsSink(hub)
     sink.offer([pred("a", 0), pred("a", 1)])
+    assert sink.pump() == 0
     assert (sink.stats.predictions_dropped, sink.stats.failures) == (2, 1)
     assert "2 predictions not published" in caplog.text
 
@@ -55,3 +59,21 @@ def test_encode_result_events_splits_large_devices():
     assert len(events) > 1
     assert all(len(e.body) <= 256 * 1024 for e in events)
     assert sum(len(json.loads(e.body)["predictions"]) for e in events) == 600
+
+
+def test_results_sink_queue_is_bounded():
+    sink = ResultsSink(InMemoryPublisher(), max_queued=3)
+    sink.offer([pred("a", i) for i in range(5)])
+    assert sink.stats.predictions_dropped == 2
+    assert sink.pump() == 3
+
+
+def test_results_sink_thread_publishes_and_close_drains():
+    hub = InMemoryPublisher()
+    sink = ResultsSink(hub)
+    sink.start()
+    sink.offer([pred("a", 0)])
+    assert wait_until(lambda: sink.stats.predictions_sent == 1, timeout=5)
+    sink.offer([pred("b", 0)])
+    sink.close()
+    assert sorted(e.partition_key for e in hub.events) == ["a", "b"]
