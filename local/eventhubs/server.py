@@ -1,0 +1,808 @@
+"""The AMQP 1.0 server: connections, sessions and links, speaking Event Hubs to the real SDK.
+
+One asyncio task per connection reads frames and answers them in order. The Event Hubs
+parts (CBS put-token, `$management` reads, publishing to partitions, partition receivers with
+selector filters and epochs) sit on top of `semantics` (pure rules) and `log` (the partitions on
+disk). Consumers are fed by one task per receiving link that waits for credit and for events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .amqp.frames import (
+    AMQP_HEADER,
+    SASL_HEADER,
+    FrameReader,
+    ProtocolHeader,
+    encode_frame,
+    split_transfers,
+)
+from .amqp.message import (
+    BATCH_MESSAGE_FORMAT,
+    AmqpValue,
+    Message,
+    Properties,
+    decode_message,
+    encode_message,
+    unpack_batch,
+    with_message_annotations,
+)
+from .amqp.performatives import (
+    Accepted,
+    Attach,
+    Begin,
+    Close,
+    Detach,
+    Disposition,
+    End,
+    Error,
+    Flow,
+    Open,
+    Rejected,
+    SASLInit,
+    SASLMechanisms,
+    SASLOutcome,
+    Transfer,
+)
+from .amqp.types import DecodeError, Int, Long, Symbol, Timestamp, UByte, UInt, ULong, UShort
+from .config import EmulatorConfig, HubConfig
+from .log import PartitionLog
+from .semantics import (
+    MESSAGE_SIZE_EXCEEDED,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    EmulatorError,
+    Ownership,
+    parse_address,
+    parse_selector,
+    partition_for_key,
+    verify_sas_token,
+)
+from .store import HubStore
+
+__all__ = ["DEFAULT_KEY", "DEFAULT_KEY_NAME", "EventHubsServer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
+DEFAULT_KEY = "SAS_KEY_VALUE"
+MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_FRAME_SIZE = 256 * 1024
+PRODUCER_CREDIT = 300
+READ_CHUNK = 100
+EPOCH = "com.microsoft:epoch"
+SELECTOR = "apache.org:selector-filter:string"
+ROLE_SENDER, ROLE_RECEIVER = False, True
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Signal:
+    """Wakes consumer tasks when a partition grows (single event loop, no locks)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+@dataclass
+class _Link:
+    name: str
+    handle: int  # ours
+    remote_handle: int
+    role: bool  # ours: ROLE_SENDER feeds a consumer, ROLE_RECEIVER takes a producer's messages
+    kind: str  # "cbs", "management", "publish", "consume", "reply"
+    hub: HubConfig | None = None
+    partition: str | None = None
+    consumer_group: str | None = None
+    credit: int = 0
+    delivery_count: int = 0
+    next_sequence: int = 0
+    incoming: bytearray = field(default_factory=bytearray)
+    incoming_format: int = 0
+    incoming_id: int | None = None
+    incoming_settled: bool = False
+    incoming_oversize: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    owner_key: tuple[str, str, str] | None = None
+    link_id: int = 0
+    node: str = ""  # "$cbs" or "$management" for request/reply links
+    displaced: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Session:
+    channel: int  # ours (= the client's channel)
+    remote_channel: int
+    links: dict[int, _Link] = field(default_factory=dict)  # by remote handle
+    by_name: dict[str, _Link] = field(default_factory=dict)
+    next_handle: int = 0
+    next_outgoing_id: int = 0
+    remote_incoming_window: int = 0
+
+
+class EventHubsServer:
+    """Serves one namespace of hubs on 127.0.0.1 until `stop()`."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        store: HubStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 5672,
+        key_name: str = DEFAULT_KEY_NAME,
+        key: str = DEFAULT_KEY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.host = host
+        self.port = port
+        self.key_name = key_name
+        self._key = key
+        self._clock = clock
+        self._server: asyncio.base_events.Server | None = None
+        self._signals: dict[tuple[str, str], _Signal] = {}
+        self._ownership = Ownership()
+        self._link_ids = itertools.count(1)
+        self._round_robin: dict[str, int] = {}
+        self._connections: set[_Connection] = set()
+        self.receivers: dict[int, tuple[_Connection, _Link]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen; `port` 0 picks a free port (read `self.port` after)."""
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("Event Hubs emulator listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Close the listener and every connection."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            await conn.shutdown()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = None
+
+    def connection_string(self, hub: str | None = None) -> str:
+        """The string an SDK client uses to reach this emulator."""
+        entity = f";EntityPath={hub}" if hub else ""
+        return (
+            f"Endpoint=sb://{self.host}:{self.port};SharedAccessKeyName={self.key_name};"
+            f"SharedAccessKey={self._key};UseDevelopmentEmulator=true{entity}"
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(self, reader, writer)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    # --- the namespace -------------------------------------------------------------------
+    def hub(self, name: str) -> HubConfig:
+        """The configured hub, case-insensitively.
+
+        Raises:
+            EmulatorError: `amqp:not-found`.
+        """
+        hub = self.config.get_hub(name)
+        if hub is None:
+            raise EmulatorError(NOT_FOUND, f"The messaging entity '{name}' could not be found.")
+        return hub
+
+    def partition_ids(self, hub: HubConfig) -> list[str]:
+        """Partition ids as strings, `0` to count - 1."""
+        return [str(i) for i in range(hub.partition_count)]
+
+    def partition(self, hub: HubConfig, partition: str) -> PartitionLog:
+        """The log of one partition.
+
+        Raises:
+            EmulatorError: `amqp:not-found` for a partition the hub does not have.
+        """
+        if partition not in self.partition_ids(hub):
+            raise EmulatorError(
+                NOT_FOUND,
+                f"The specified partition is invalid for an EventHub partition sender or receiver."
+                f" It should be between 0 and {hub.partition_count - 1}.",
+            )
+        return self.store.partition(hub.name, partition)
+
+    def signal(self, hub: HubConfig, partition: str) -> _Signal:
+        """The wake-up for consumers of one partition."""
+        return self._signals.setdefault((hub.name.lower(), partition), _Signal())
+
+    def check_token(self, token: str) -> str:
+        """Verify a SAS token against the namespace key; return its audience."""
+        return verify_sas_token(token, key_name=self.key_name, key=self._key, now=self._clock())
+
+    def choose_partition(self, hub: HubConfig, partition: str | None, key: str | None) -> str:
+        """By id, by key (the SDK's own hash), or round robin."""
+        ids = self.partition_ids(hub)
+        if partition is not None:
+            self.partition(hub, partition)
+            return partition
+        if key:
+            return partition_for_key(key, ids)
+        n = self._round_robin.get(hub.name, -1) + 1
+        self._round_robin[hub.name] = n
+        return ids[n % len(ids)]
+
+    async def publish(
+        self, hub: HubConfig, partition: str, items: list[tuple[str | None, bytes]]
+    ) -> None:
+        """Append durably (the fsync runs off the event loop), then wake the consumers."""
+        plog = self.partition(hub, partition)
+        await asyncio.to_thread(plog.append, items)
+        self.signal(hub, partition).notify()
+
+    def hub_properties(self, hub: HubConfig) -> dict[str, Any]:
+        """The `$management` READ answer for a hub."""
+        return {
+            "name": hub.name,
+            "created_at": Timestamp(self.store.created_at_ms(hub.name)),
+            "partition_ids": self.partition_ids(hub),
+            "type": "com.microsoft:eventhub",
+        }
+
+    def partition_properties(self, hub: HubConfig, partition: str) -> dict[str, Any]:
+        """The `$management` READ answer for a partition."""
+        plog = self.partition(hub, partition)
+        return {
+            "name": hub.name,
+            "partition": partition,
+            "begin_sequence_number": Long(plog.begin_sequence_number),
+            "last_enqueued_sequence_number": Long(plog.last_sequence_number),
+            "last_enqueued_offset": str(plog.last_offset),
+            "last_enqueued_time_utc": Timestamp(plog.last_enqueued_time_ms),
+            "is_partition_empty": plog.is_empty,
+            "type": "com.microsoft:partition",
+        }
+
+
+def _error(condition: str, description: str) -> Error:
+    # The SDK reads condition, description and info; a missing info makes it hang.
+    return Error(Symbol(condition), description, {})
+
+
+def _app_props(message: Message) -> dict[str, Any]:
+    return {str(k): v for k, v in (message.application_properties or {}).items()}
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class _Connection:
+    """One client connection: SASL, open, sessions, links."""
+
+    def __init__(
+        self, server: EventHubsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.sessions: dict[int, _Session] = {}
+        self.max_frame_size = 512
+        self.authorized: set[str] = set()
+        self.closed = False
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    # --- plumbing ------------------------------------------------------------------------
+    def send(self, channel: int, body: Any, payload: bytes = b"", *, frame_type: int = 0) -> None:
+        if not self.closed:
+            self.writer.write(encode_frame(channel, body, payload, frame_type=frame_type))
+
+    async def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for session in self.sessions.values():
+            for link in session.links.values():
+                self._drop_link(link)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    async def run(self) -> None:
+        """Serve the connection until the client closes it or it fails."""
+        try:
+            header = await self.reader.readexactly(8)
+            reader = FrameReader(MAX_FRAME_SIZE, protocol_headers=True)
+            sasl = header == SASL_HEADER
+            if sasl:
+                self.writer.write(SASL_HEADER)
+                self.send(0, SASLMechanisms([Symbol("ANONYMOUS"), Symbol("MSSBCBS")]), frame_type=1)
+            elif header == AMQP_HEADER:
+                self.writer.write(AMQP_HEADER)
+            else:
+                self.writer.write(AMQP_HEADER)
+                raise ConnectionError(f"unsupported protocol header {header!r}")
+            await self.writer.drain()
+            while not self.closed:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                for item in reader.feed(data):
+                    if isinstance(item, ProtocolHeader):
+                        if item.data != AMQP_HEADER:
+                            raise ConnectionError(f"unsupported protocol header {item.data!r}")
+                        self.writer.write(AMQP_HEADER)
+                        sasl = False
+                    elif sasl:
+                        if isinstance(item.body, SASLInit):
+                            self.send(0, SASLOutcome(UByte(0)), frame_type=1)
+                    elif item.body is not None:
+                        await self._handle(item.channel, item.body, item.payload)
+                await self.writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except DecodeError as exc:
+            log.warning("connection %s sent undecodable data: %s", self.peer, exc)
+        except Exception:
+            log.exception("connection %s failed", self.peer)
+        finally:
+            await self.shutdown()
+
+    # --- performatives -------------------------------------------------------------------
+    async def _handle(self, channel: int, body: Any, payload: bytes) -> None:
+        if isinstance(body, Open):
+            self.max_frame_size = min(int(body.max_frame_size or 4294967295), MAX_FRAME_SIZE)
+            self.send(
+                0,
+                Open(
+                    container_id="fleetscore-eventhubs-emulator",
+                    max_frame_size=UInt(MAX_FRAME_SIZE),
+                    channel_max=UShort(
+                        min(int(body.channel_max if body.channel_max is not None else 65535), 255)
+                    ),
+                ),
+            )
+        elif isinstance(body, Begin):
+            session = _Session(channel=channel, remote_channel=channel)
+            session.remote_incoming_window = int(body.incoming_window or 0)
+            self.sessions[channel] = session
+            self.send(
+                channel,
+                Begin(
+                    remote_channel=UShort(channel),
+                    next_outgoing_id=UInt(0),
+                    incoming_window=UInt(65536),
+                    outgoing_window=UInt(65536),
+                    handle_max=UInt(255),
+                ),
+            )
+        elif isinstance(body, Attach):
+            self._attach(self.sessions[channel], body)
+        elif isinstance(body, Flow):
+            self._flow(self.sessions[channel], body)
+        elif isinstance(body, Transfer):
+            await self._transfer(self.sessions[channel], body, payload)
+        elif isinstance(body, Disposition):
+            pass  # consumers get settled deliveries; nothing waits on their dispositions
+        elif isinstance(body, Detach):
+            session = self.sessions.get(channel)
+            link = session.links.pop(int(body.handle), None) if session else None
+            if link is not None:
+                session.by_name.pop(link.name, None)  # type: ignore[union-attr]
+                self._drop_link(link)
+                self.send(channel, Detach(handle=UInt(link.handle), closed=True))
+        elif isinstance(body, End):
+            session = self.sessions.pop(channel, None)
+            if session is not None:
+                for link in session.links.values():
+                    self._drop_link(link)
+            self.send(channel, End())
+        elif isinstance(body, Close):
+            self.send(0, Close())
+            await self.writer.drain()
+            await self.shutdown()
+
+    def _drop_link(self, link: _Link) -> None:
+        if link.task is not None:
+            link.task.cancel()
+            link.task = None
+        if link.owner_key is not None:
+            self.server._ownership.release(link.owner_key, link.link_id)
+            self.server.receivers.pop(link.link_id, None)
+            link.owner_key = None
+
+    def _refuse_attach(
+        self, session: _Session, attach: Attach, handle: int, exc: EmulatorError
+    ) -> None:
+        log.info("refused attach %r: %s", attach.name, exc)
+        ours = not attach.role
+        self.send(
+            session.channel,
+            Attach(
+                name=attach.name,
+                handle=UInt(handle),
+                role=ours,
+                source=attach.source if ours == ROLE_SENDER else None,
+                target=attach.target if ours == ROLE_RECEIVER else None,
+            ),
+        )
+        self.send(
+            session.channel,
+            Detach(handle=UInt(handle), closed=True, error=_error(exc.condition, exc.description)),
+        )
+
+    def _attach(self, session: _Session, attach: Attach) -> None:
+        handle = session.next_handle
+        session.next_handle += 1
+        client_sends = attach.role == ROLE_SENDER
+        role = ROLE_RECEIVER if client_sends else ROLE_SENDER
+        terminus = attach.target if client_sends else attach.source
+        address = _text(getattr(terminus, "address", None)) or ""
+        link = _Link(str(attach.name), handle, int(attach.handle), role, kind="")
+        try:
+            self._classify(link, address, attach)
+        except EmulatorError as exc:
+            self._refuse_attach(session, attach, handle, exc)
+            return
+        session.links[link.remote_handle] = link
+        session.by_name[link.name] = link
+        self.send(
+            session.channel,
+            Attach(
+                name=attach.name,
+                handle=UInt(handle),
+                role=role,
+                snd_settle_mode=UByte(1) if role == ROLE_SENDER else attach.snd_settle_mode,
+                rcv_settle_mode=attach.rcv_settle_mode,
+                source=attach.source,
+                target=attach.target,
+                initial_delivery_count=UInt(0) if role == ROLE_SENDER else None,
+                max_message_size=ULong(MAX_MESSAGE_SIZE),
+                properties=attach.properties,
+            ),
+        )
+        if role == ROLE_RECEIVER:
+            self._grant(session, link)
+        if link.kind == "consume":
+            link.task = asyncio.get_running_loop().create_task(self._feed(session, link))
+        for displaced in link.displaced:
+            self._steal(displaced)
+
+    def _classify(self, link: _Link, address: str, attach: Attach) -> None:
+        """Decide what the link is for; raise EmulatorError to refuse it."""
+        lowered = address.lower()
+        for node in ("$cbs", "$management"):
+            if lowered.endswith(node):
+                link.node = node
+                if link.role == ROLE_SENDER:
+                    link.kind = "reply"
+                else:
+                    link.kind = "cbs" if node == "$cbs" else "management"
+                return
+        target = parse_address(address)
+        hub = self.server.hub(target.hub)
+        self._require_token(hub.name)
+        link.hub = hub
+        if link.role == ROLE_RECEIVER:
+            link.kind = "publish"
+            if target.partition is not None:
+                self.server.partition(hub, target.partition)
+            link.partition = target.partition
+            return
+        if target.partition is None or target.consumer_group is None:
+            raise EmulatorError(
+                NOT_FOUND, f"receive from ConsumerGroups/<group>/Partitions/<id>, not {address!r}"
+            )
+        groups = {g.lower(): g for g in hub.consumer_groups}
+        if target.consumer_group.lower() not in groups:
+            raise EmulatorError(
+                NOT_FOUND,
+                f"The messaging entity '{hub.name}/ConsumerGroups/{target.consumer_group}'"
+                " could not be found.",
+            )
+        plog = self.server.partition(hub, target.partition)
+        link.kind = "consume"
+        link.partition = target.partition
+        link.consumer_group = groups[target.consumer_group.lower()]
+        filters = getattr(attach.source, "filter", None) or {}
+        selector = None
+        for name, value in filters.items():
+            if _text(name) == SELECTOR:
+                raw = value.value if hasattr(value, "value") else value
+                selector = _text(raw)
+        position = parse_selector(selector)
+        link.next_sequence = _resolve(plog, position)
+        props = {_text(k): v for k, v in (attach.properties or {}).items()}
+        epoch = props.get(EPOCH)
+        link.link_id = next(self.server._link_ids)
+        link.owner_key = (hub.name.lower(), link.consumer_group.lower(), target.partition)
+        link.displaced = self.server._ownership.claim(
+            link.owner_key, link.link_id, None if epoch is None else int(epoch)
+        )
+        self.server.receivers[link.link_id] = (self, link)
+
+    def _require_token(self, hub_name: str) -> None:
+        if not any(
+            aud.lower().rstrip("/").split("/")[3:4] == [hub_name.lower()] for aud in self.authorized
+        ):
+            raise EmulatorError(
+                UNAUTHORIZED, f"Unauthorized access to '{hub_name}': put a token on $cbs first"
+            )
+
+    def _steal(self, link_id: int) -> None:
+        entry = self.server.receivers.pop(link_id, None)
+        if entry is None:
+            return
+        conn, link = entry
+        for session in conn.sessions.values():
+            if session.links.get(link.remote_handle) is link:
+                session.links.pop(link.remote_handle, None)
+                session.by_name.pop(link.name, None)
+                if link.task is not None:
+                    link.task.cancel()
+                    link.task = None
+                link.owner_key = None
+                conn.send(
+                    session.channel,
+                    Detach(
+                        handle=UInt(link.handle),
+                        closed=True,
+                        error=_error(
+                            "amqp:link:stolen",
+                            "New receiver with higher or equal epoch was opened;"
+                            " this receiver was disconnected.",
+                        ),
+                    ),
+                )
+                return
+
+    def _grant(self, session: _Session, link: _Link) -> None:
+        link.credit = PRODUCER_CREDIT
+        self.send(
+            session.channel,
+            Flow(
+                next_incoming_id=UInt(0),
+                incoming_window=UInt(65536),
+                next_outgoing_id=UInt(session.next_outgoing_id),
+                outgoing_window=UInt(65536),
+                handle=UInt(link.handle),
+                delivery_count=UInt(link.delivery_count),
+                link_credit=UInt(link.credit),
+            ),
+        )
+
+    def _flow(self, session: _Session, flow: Flow) -> None:
+        if flow.incoming_window is not None:
+            session.remote_incoming_window = int(flow.incoming_window)
+        if flow.handle is None:
+            return
+        link = session.links.get(int(flow.handle))
+        if link is None or link.role != ROLE_SENDER:
+            return
+        # credit = delivery-count(receiver) + link-credit(receiver) - delivery-count(sender)
+        remote_count = int(flow.delivery_count) if flow.delivery_count is not None else 0
+        link.credit = max(0, remote_count + int(flow.link_credit or 0) - link.delivery_count)
+        link.wake.set()
+
+    # --- incoming messages ---------------------------------------------------------------
+    async def _transfer(self, session: _Session, transfer: Transfer, payload: bytes) -> None:
+        link = session.links.get(int(transfer.handle))
+        if link is None:
+            return
+        if link.incoming_id is None:
+            link.incoming_id = (
+                int(transfer.delivery_id) if transfer.delivery_id is not None else None
+            )
+            link.incoming_format = int(transfer.message_format or 0)
+            link.incoming_settled = bool(transfer.settled)
+        if not link.incoming_oversize:
+            link.incoming += payload
+            if len(link.incoming) > MAX_MESSAGE_SIZE:
+                link.incoming = (
+                    bytearray()
+                )  # keep memory bounded; refused once the last frame is in
+                link.incoming_oversize = True
+        if transfer.more:
+            return
+        oversize = link.incoming_oversize
+        link.incoming_oversize = False
+        data, fmt, delivery_id, settled = (
+            bytes(link.incoming),
+            link.incoming_format,
+            link.incoming_id,
+            link.incoming_settled,
+        )
+        link.incoming = bytearray()
+        link.incoming_id = None
+        link.delivery_count += 1
+        link.credit -= 1
+        if link.credit < PRODUCER_CREDIT // 2:
+            self._grant(session, link)
+        state: Any = Accepted()
+        try:
+            if oversize:
+                raise EmulatorError(
+                    MESSAGE_SIZE_EXCEEDED,
+                    f"The received message (delivery-id:{delivery_id}) exceeds the limit"
+                    f" ({MAX_MESSAGE_SIZE} bytes) currently allowed on the link.",
+                )
+            await self._dispatch(session, link, data, fmt)
+        except EmulatorError as exc:
+            log.info("rejected a message on %s: %s", link.name, exc)
+            state = Rejected(_error(exc.condition, exc.description))
+        if not settled and delivery_id is not None:
+            self.send(
+                session.channel,
+                Disposition(role=ROLE_RECEIVER, first=UInt(delivery_id), settled=True, state=state),
+            )
+
+    async def _dispatch(self, session: _Session, link: _Link, data: bytes, fmt: int) -> None:
+        if link.kind == "publish":
+            assert link.hub is not None
+            if fmt == BATCH_MESSAGE_FORMAT:
+                envelope = decode_message(data)
+                key = _text((envelope.message_annotations or {}).get(Symbol("x-opt-partition-key")))
+                inner = unpack_batch(data)
+            else:
+                msg = decode_message(data)
+                key = _text((msg.message_annotations or {}).get(Symbol("x-opt-partition-key")))
+                inner = [data]
+            if not inner:
+                return
+            partition = self.server.choose_partition(link.hub, link.partition, key)
+            await self.server.publish(link.hub, partition, [(key, raw) for raw in inner])
+            return
+        message = decode_message(data)
+        props = _app_props(message)
+        if link.kind == "cbs":
+            reply = self._put_token(message, props)
+        elif link.kind == "management":
+            reply = self._management(message, props)
+        else:
+            raise EmulatorError("amqp:not-allowed", "this link does not take messages")
+        self._reply(session, link.node, message, reply)
+
+    def _put_token(self, message: Message, props: dict[str, Any]) -> Message:
+        token = _text(message.body.value if isinstance(message.body, AmqpValue) else None) or ""
+        try:
+            audience = self.server.check_token(token)
+        except EmulatorError as exc:
+            return _status(401, exc.description)
+        self.authorized.add(audience)
+        return _status(202, "Accepted")
+
+    def _management(self, message: Message, props: dict[str, Any]) -> Message:
+        try:
+            token = _text(props.get("security_token"))
+            if token:
+                self.server.check_token(token)
+            elif not self.authorized:
+                return _status(401, "Unauthorized: no token")
+            hub = self.server.hub(_text(props.get("name")) or "")
+            kind = _text(props.get("type"))
+            if kind == "com.microsoft:eventhub":
+                return _status(200, "OK", self.server.hub_properties(hub))
+            if kind == "com.microsoft:partition":
+                return _status(
+                    200,
+                    "OK",
+                    self.server.partition_properties(hub, _text(props.get("partition")) or ""),
+                )
+            return _status(400, f"unsupported management type {kind!r}")
+        except EmulatorError as exc:
+            code = 401 if exc.condition == UNAUTHORIZED else 404
+            return _status(code, exc.description)
+
+    def _reply(self, session: _Session, node: str, request: Message, reply: Message) -> None:
+        """Answer on the client's receiving link of the same node, correlated by message id."""
+        target = next(
+            (ln for ln in session.links.values() if ln.kind == "reply" and ln.node == node), None
+        )
+        if target is None:
+            log.warning("no %s reply link in this session; answer dropped", node)
+            return
+        reply.properties = Properties(
+            correlation_id=request.properties.message_id if request.properties else None,
+            to=request.properties.reply_to if request.properties else None,
+        )
+        self._deliver(session, target, encode_message(reply))
+
+    def _deliver(self, session: _Session, link: _Link, data: bytes) -> None:
+        delivery_id = session.next_outgoing_id
+        session.next_outgoing_id += 1
+        tag = delivery_id.to_bytes(4, "big")
+        transfer = Transfer(
+            handle=UInt(link.handle),
+            delivery_id=UInt(delivery_id),
+            delivery_tag=tag,
+            message_format=UInt(0),
+            settled=True,
+        )
+        for frame in split_transfers(session.channel, transfer, data, self.max_frame_size):
+            self.writer.write(frame)
+        link.delivery_count += 1
+        link.credit -= 1
+
+    # --- consumers -----------------------------------------------------------------------
+    async def _feed(self, session: _Session, link: _Link) -> None:
+        assert link.hub is not None
+        assert link.partition is not None
+        plog = self.server.partition(link.hub, link.partition)
+        signal = self.server.signal(link.hub, link.partition)
+        try:
+            while not self.closed:
+                if link.credit <= 0:
+                    link.wake.clear()
+                    await link.wake.wait()
+                    continue
+                link.next_sequence = max(link.next_sequence, plog.begin_sequence_number)
+                records = plog.read(
+                    link.next_sequence, max_count=min(link.credit, READ_CHUNK), max_bytes=1 << 20
+                )
+                if not records:
+                    await signal.wait(1.0)
+                    continue
+                for record in records:
+                    annotations = {
+                        Symbol("x-opt-sequence-number"): Long(record.sequence_number),
+                        Symbol("x-opt-offset"): str(record.offset),
+                        Symbol("x-opt-enqueued-time"): Timestamp(record.enqueued_time_ms),
+                    }
+                    if record.partition_key is not None:
+                        annotations[Symbol("x-opt-partition-key")] = record.partition_key
+                    self._deliver(
+                        session, link, with_message_annotations(record.payload, annotations)
+                    )
+                    link.next_sequence = record.sequence_number + 1
+                await self.writer.drain()
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+def _status(code: int, description: str, value: Any = None) -> Message:
+    return Message(
+        application_properties={"status-code": Int(code), "status-description": description},
+        body=AmqpValue(value),
+    )
+
+
+def _resolve(plog: PartitionLog, position: Any) -> int:
+    begin, nxt = plog.begin_sequence_number, plog.next_sequence_number
+    if position.kind == "earliest":
+        return begin
+    if position.kind == "latest":
+        return nxt
+    if position.kind == "sequence":
+        start = position.value if position.inclusive else position.value + 1
+        return min(max(start, begin), nxt)
+    if position.kind == "offset":
+        return max(
+            plog.sequence_at_or_after_offset(position.value, inclusive=position.inclusive), begin
+        )
+    return max(plog.sequence_at_or_after_time(position.value, inclusive=position.inclusive), begin)
