@@ -10,7 +10,11 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.aml_standin import AmlStandIn, run_aml_standin
-from tests.support.conftest_azurite import azurite_tables, table_store  # noqa: F401
+from tests.support.conftest_azurite import (  # noqa: F401
+    azurite_blobs,
+    azurite_tables,
+    table_store,
+)
 
 os.environ.update(
     {

@@ -61,6 +61,11 @@ class EmulatorThread:
         assert self._server is not None
         return self._server.connection_string(hub)
 
+    def receiver_count(self, hub: str, partition: str, consumer_group: str = "$Default") -> int:
+        """Receivers attached to one partition now."""
+        assert self._server is not None
+        return self._server.receiver_count(hub, consumer_group, partition)
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the loop thread and wait until the server listens."""
         self._store = HubStore(self.data_dir, fsync=self._fsync, retention=self._retention)

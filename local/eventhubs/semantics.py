@@ -277,6 +277,11 @@ class Ownership:
             holders[link_id] = epoch
             return displaced
 
+    def count(self, key: tuple[str, str, str]) -> int:
+        """How many receivers hold the partition now."""
+        with self._lock:
+            return len(self._holders.get(key, {}))
+
     def release(self, key: tuple[str, str, str], link_id: int) -> None:
         """Forget a receiver that detached."""
         with self._lock:

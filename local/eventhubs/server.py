@@ -231,6 +231,10 @@ class EventHubsServer:
             )
         return self.store.partition(hub.name, partition)
 
+    def receiver_count(self, hub: str, consumer_group: str, partition: str) -> int:
+        """Receivers attached to one partition of a consumer group (for tests and logs)."""
+        return self._ownership.count((hub.lower(), consumer_group.lower(), partition))
+
     def signal(self, hub: HubConfig, partition: str) -> _Signal:
         """The wake-up for consumers of one partition."""
         return self._signals.setdefault((hub.name.lower(), partition), _Signal())

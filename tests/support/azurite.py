@@ -20,7 +20,8 @@ from pathlib import Path
 __all__ = ["ACCOUNT_KEY", "ACCOUNT_NAME", "AzuriteError", "connection_string", "run_azurite"]
 
 ROOT = Path(__file__).resolve().parents[2]
-AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
+AZURITE_BIN = ROOT / "node_modules" / ".bin"
+AZURITE_TABLE = AZURITE_BIN / "azurite-table"
 # Azurite's well-known development account; public by design, not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = (
@@ -32,11 +33,12 @@ class AzuriteError(RuntimeError):
     """Azurite is not installed, did not start, or did not answer in time."""
 
 
-def connection_string(port: int) -> str:
-    """The connection string of the Azurite table endpoint on `port`."""
+def connection_string(port: int, service: str = "table") -> str:
+    """The connection string of the Azurite `service` ("table" or "blob") endpoint on `port`."""
+    endpoint = "TableEndpoint" if service == "table" else "BlobEndpoint"
     return (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-        f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT_NAME};"
+        f"{endpoint}=http://127.0.0.1:{port}/{ACCOUNT_NAME};"
     )
 
 
@@ -72,8 +74,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_azurite(*, timeout: float = 30.0, attempts: int = 3) -> Iterator[str]:
-    """Start `azurite-table` in memory and yield its connection string.
+def run_azurite(
+    *, service: str = "table", timeout: float = 30.0, attempts: int = 3
+) -> Iterator[str]:
+    """Start Azurite's `service` ("table" or "blob") in memory and yield its connection string.
 
     A port taken between choosing it and Azurite binding it makes Azurite exit; that is retried
     on another port, up to `attempts` times.
@@ -81,9 +85,10 @@ def run_azurite(*, timeout: float = 30.0, attempts: int = 3) -> Iterator[str]:
     Raises:
         AzuriteError: when node_modules is missing, or Azurite exits or stays silent.
     """
-    if not AZURITE_TABLE.exists():
+    binary = AZURITE_BIN / f"azurite-{service}"
+    if not binary.exists():
         raise AzuriteError(
-            f"Azurite is not installed ({AZURITE_TABLE} is missing): run `npm install` in {ROOT}"
+            f"Azurite is not installed ({binary} is missing): run `npm install` in {ROOT}"
         )
     with tempfile.TemporaryDirectory(prefix="azurite-") as workdir:
         log_path = Path(workdir) / "azurite.log"
@@ -92,14 +97,14 @@ def run_azurite(*, timeout: float = 30.0, attempts: int = 3) -> Iterator[str]:
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
                     [
-                        str(AZURITE_TABLE),
+                        str(binary),
                         "--inMemoryPersistence",
                         "--disableTelemetry",
                         "--skipApiVersionCheck",
                         "--silent",
-                        "--tableHost",
+                        f"--{service}Host",
                         "127.0.0.1",
-                        "--tablePort",
+                        f"--{service}Port",
                         str(port),
                     ],
                     cwd=workdir,  # whatever Azurite writes lands in the temporary directory
@@ -122,7 +127,7 @@ def run_azurite(*, timeout: float = 30.0, attempts: int = 3) -> Iterator[str]:
                         break
                     raise AzuriteError(f"Azurite exited with {proc.returncode}:\n{output}")
                 else:
-                    yield connection_string(port)
+                    yield connection_string(port, service)
                     return
             finally:
                 _stop(proc)

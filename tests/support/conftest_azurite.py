@@ -23,6 +23,13 @@ def azurite_tables() -> Iterator[str]:
         yield conn
 
 
+@pytest.fixture(scope="session")
+def azurite_blobs() -> Iterator[str]:
+    """The connection string of an in-memory Azurite blob service (checkpoint stores)."""
+    with run_azurite(service="blob") as conn:
+        yield conn
+
+
 @pytest.fixture
 def table_store(azurite_tables: str) -> Iterator[TableStore]:
     """A `TableStore` on Azurite whose four tables carry a prefix unique to this test."""
