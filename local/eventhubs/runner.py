@@ -34,6 +34,7 @@ class EmulatorThread:
         key: str = DEFAULT_KEY,
         fsync: Literal["always", "batch", "never"] = "always",
         retention: timedelta = timedelta(hours=24),
+        advertised_max_message_size: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config or default_config()
@@ -43,6 +44,7 @@ class EmulatorThread:
         self._key = key
         self._fsync = fsync
         self._retention = retention
+        self._advertised = advertised_max_message_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: EventHubsServer | None = None
@@ -69,6 +71,9 @@ class EmulatorThread:
     def start(self, timeout: float = 10.0) -> None:
         """Start the loop thread and wait until the server listens."""
         self._store = HubStore(self.data_dir, fsync=self._fsync, retention=self._retention)
+        extra = (
+            {} if self._advertised is None else {"advertised_max_message_size": self._advertised}
+        )
         self._server = EventHubsServer(
             self.config,
             self._store,
@@ -76,6 +81,7 @@ class EmulatorThread:
             port=self._port,
             key_name=self._key_name,
             key=self._key,
+            **extra,
         )
         self._thread = threading.Thread(target=self._run, name="eventhubs-emulator", daemon=True)
         self._thread.start()

@@ -152,8 +152,15 @@ class EventHubsServer:
         key_name: str = DEFAULT_KEY_NAME,
         key: str = DEFAULT_KEY,
         clock: Callable[[], float] = time.time,
+        advertised_max_message_size: int = MAX_MESSAGE_SIZE,
+        retention_check_seconds: float = 60.0,
     ) -> None:
         self.config = config
+        # What attach replies tell clients; the SDK sizes its batches by it. Only tests raise it
+        # above the 1 MiB the server enforces, to prove the server refuses on its own.
+        self.advertised_max_message_size = advertised_max_message_size
+        self._retention_check = retention_check_seconds
+        self._housekeeping: asyncio.Task[None] | None = None
         self.store = store
         self.host = host
         self.port = port
@@ -173,10 +180,26 @@ class EventHubsServer:
         """Listen; `port` 0 picks a free port (read `self.port` after)."""
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._housekeeping = asyncio.get_running_loop().create_task(self._retention_loop())
         log.info("Event Hubs emulator listening on %s:%d", self.host, self.port)
+
+    async def _retention_loop(self) -> None:
+        """Drop expired segments now and then; begin_sequence_number follows."""
+        while True:
+            await asyncio.sleep(self._retention_check)
+            try:
+                dropped = await asyncio.to_thread(self.store.apply_retention)
+            except Exception:
+                log.exception("retention pass failed")
+                continue
+            if dropped:
+                log.info("retention dropped %d expired events", dropped)
 
     async def stop(self) -> None:
         """Close the listener and every connection."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
@@ -485,7 +508,7 @@ class _Connection:
                 source=attach.source,
                 target=attach.target,
                 initial_delivery_count=UInt(0) if role == ROLE_SENDER else None,
-                max_message_size=ULong(MAX_MESSAGE_SIZE),
+                max_message_size=ULong(self.server.advertised_max_message_size),
                 properties=attach.properties,
             ),
         )

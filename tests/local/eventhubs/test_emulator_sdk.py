@@ -266,3 +266,17 @@ def test_the_asyncio_clients_work_too(hubs):
         return got
 
     assert asyncio.run(run()) == ["async-1", "async-2"]
+
+
+def test_the_server_itself_refuses_an_event_over_one_mib(tmp_path):
+    # The attach reply normally tells the SDK 1 MiB, and the SDK refuses on its own (above); here
+    # it is told 4 MiB so the oversized event reaches the server, which must refuse it.
+    with (
+        EmulatorThread(tmp_path / "big", advertised_max_message_size=4 * 1024 * 1024) as hubs,
+        producer(hubs) as client,
+    ):
+        batch = client.create_batch(partition_id="0")
+        batch.add(EventData(b"x" * (2 * 1024 * 1024)))
+        with pytest.raises(EventHubError, match="LinkMessageSizeExceeded"):
+            client.send_batch(batch)
+        assert client.get_partition_properties("0")["is_empty"] is True
