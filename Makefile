@@ -6,10 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo
+.PHONY: help setup test lint fmt unit clean demo eventhubs bench
 
 help: ## List the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "==> creating $(VENV) and installing requirements-dev.txt"
@@ -38,8 +38,15 @@ test: setup lint ## Set up, lint, and run every test (starts Azurite itself)
 	@echo "==> pytest"
 	@$(PY) -m pytest
 
-unit: $(STAMP) ## Only the tests that need no emulator
+unit: $(STAMP) ## Only the tests that need no Azurite
 	@$(PY) -m pytest -m "not azurite"
+
+eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C stops it)
+	@$(PY) -m local.eventhubs --port 5672
+
+bench: $(STAMP) ## Benchmarks that print their figures
+	@echo "==> Event Hubs emulator through the SDK"
+	@$(PY) bench/eventhubs.py
 
 demo: ## The whole pipeline on this machine (arrives with issue 6)
 	@echo "make demo is not built yet: it arrives with the local stack (issue 6)."
