@@ -473,8 +473,8 @@ class _Connection:
                 name=attach.name,
                 handle=UInt(handle),
                 role=ours,
-                source=attach.source if ours == ROLE_SENDER else None,
-                target=attach.target if ours == ROLE_RECEIVER else None,
+                source=attach.source,  # the SDK needs both termini echoed, then reads the detach
+                target=attach.target,
             ),
         )
         self.send(

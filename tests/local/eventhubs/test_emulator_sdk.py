@@ -280,3 +280,43 @@ def test_the_server_itself_refuses_an_event_over_one_mib(tmp_path):
         with pytest.raises(EventHubError, match="LinkMessageSizeExceeded"):
             client.send_batch(batch)
         assert client.get_partition_properties("0")["is_empty"] is True
+
+
+def test_an_unknown_partition_is_refused(hubs):
+    with producer(hubs) as client:
+        with pytest.raises(EventHubError, match="404"):
+            client.get_partition_properties("9")
+        with pytest.raises(EventHubError, match="Invalid partition 9"):
+            client.send_batch([EventData("x")], partition_id="9")
+
+
+def test_an_unknown_consumer_group_is_refused(hubs, caplog):
+    # The SDK keeps retrying a refused link in the background (as it does against the service);
+    # what matters here is that the emulator refuses it with the service's condition.
+    send(hubs, ["x"], partition_id="0")
+    got: list = []
+    client = EventHubConsumerClient.from_connection_string(
+        hubs.connection_string(), consumer_group="nosuchgroup", eventhub_name="readings"
+    )
+    worker = threading.Thread(
+        target=client.receive,
+        kwargs={
+            "on_event": lambda ctx, e: got.append(e),
+            "partition_id": "0",
+            "starting_position": "-1",
+        },
+        daemon=True,
+    )
+    with caplog.at_level("INFO", logger="local.eventhubs.server"):
+        worker.start()
+        try:
+            assert wait_until(lambda: "refused attach" in caplog.text, timeout=15)
+        finally:
+            client.close()
+            worker.join(10)
+    refusal = next(r.getMessage() for r in caplog.records if "refused attach" in r.getMessage())
+    assert "amqp:not-found" in refusal
+    assert (
+        "The messaging entity 'readings/ConsumerGroups/nosuchgroup' could not be found." in refusal
+    )
+    assert got == []
