@@ -597,6 +597,6 @@ def test_table_store_maps_http_statuses(canned_server, status, headers, expected
 def test_run_azurite_without_node_modules_says_to_run_npm_install(monkeypatch, tmp_path):
     from tests.support import azurite
 
-    monkeypatch.setattr(azurite, "AZURITE_TABLE", tmp_path / "node_modules/.bin/azurite-table")
+    monkeypatch.setattr(azurite, "AZURITE_BIN", tmp_path / "node_modules/.bin")
     with pytest.raises(azurite.AzuriteError, match=r"run `npm install` in "), azurite.run_azurite():
         pass

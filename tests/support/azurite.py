@@ -21,7 +21,6 @@ __all__ = ["ACCOUNT_KEY", "ACCOUNT_NAME", "AzuriteError", "connection_string", "
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = ROOT / "node_modules" / ".bin"
-AZURITE_TABLE = AZURITE_BIN / "azurite-table"
 # Azurite's well-known development account; public by design, not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = (
