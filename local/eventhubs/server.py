@@ -135,7 +135,9 @@ class _Session:
     links: dict[int, _Link] = field(default_factory=dict)  # by remote handle
     by_name: dict[str, _Link] = field(default_factory=dict)
     next_handle: int = 0
-    next_outgoing_id: int = 0
+    next_outgoing_id: int = 0  # transfer-id of our next frame (session flow control counts frames)
+    next_delivery_id: int = 0
+    next_incoming_id: int = 0  # transfer-id we expect next from the client
     remote_incoming_window: int = 0
 
 
@@ -416,6 +418,7 @@ class _Connection:
         elif isinstance(body, Begin):
             session = _Session(channel=channel, remote_channel=channel)
             session.remote_incoming_window = int(body.incoming_window or 0)
+            session.next_incoming_id = int(body.next_outgoing_id or 0)
             self.sessions[channel] = session
             self.send(
                 channel,
@@ -612,9 +615,9 @@ class _Connection:
         self.send(
             session.channel,
             Flow(
-                next_incoming_id=UInt(0),
+                next_incoming_id=UInt(session.next_incoming_id & 0xFFFFFFFF),
                 incoming_window=UInt(65536),
-                next_outgoing_id=UInt(session.next_outgoing_id),
+                next_outgoing_id=UInt(session.next_outgoing_id & 0xFFFFFFFF),
                 outgoing_window=UInt(65536),
                 handle=UInt(link.handle),
                 delivery_count=UInt(link.delivery_count),
@@ -637,6 +640,7 @@ class _Connection:
 
     # --- incoming messages ---------------------------------------------------------------
     async def _transfer(self, session: _Session, transfer: Transfer, payload: bytes) -> None:
+        session.next_incoming_id += 1  # every transfer frame uses one id of our incoming window
         link = session.links.get(int(transfer.handle))
         if link is None:
             return
@@ -759,8 +763,8 @@ class _Connection:
         self._deliver(session, target, encode_message(reply))
 
     def _deliver(self, session: _Session, link: _Link, data: bytes) -> None:
-        delivery_id = session.next_outgoing_id
-        session.next_outgoing_id += 1
+        delivery_id = session.next_delivery_id & 0xFFFFFFFF
+        session.next_delivery_id += 1
         tag = delivery_id.to_bytes(4, "big")
         transfer = Transfer(
             handle=UInt(link.handle),
@@ -769,8 +773,10 @@ class _Connection:
             message_format=UInt(0),
             settled=True,
         )
-        for frame in split_transfers(session.channel, transfer, data, self.max_frame_size):
+        frames = split_transfers(session.channel, transfer, data, self.max_frame_size)
+        for frame in frames:
             self.writer.write(frame)
+        session.next_outgoing_id += len(frames)
         link.delivery_count += 1
         link.credit -= 1
 
