@@ -38,8 +38,8 @@ test: setup lint ## Set up, lint, and run every test (starts Azurite itself)
 	@echo "==> pytest"
 	@$(PY) -m pytest
 
-unit: $(STAMP) ## Only the tests that need no Azurite
-	@$(PY) -m pytest -m "not azurite"
+unit: $(STAMP) ## Only the unit tests: no Azurite, no local servers
+	@$(PY) -m pytest -m "not azurite and not stack"
 
 eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C stops it)
 	@$(PY) -m local.eventhubs --port 5672

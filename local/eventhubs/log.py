@@ -412,12 +412,3 @@ class PartitionLog:
                 lambda: self._closed or self._segments[-1].next_seq > sequence_number, timeout
             )
             return self._segments[-1].next_seq > sequence_number
-
-
-def __getattr__(name: str) -> object:
-    """Keep `from .log import HubStore` working while callers move to `.store` (PEP 562)."""
-    if name == "HubStore":
-        from .store import HubStore
-
-        return HubStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .amqp.frames import (
     AMQP_HEADER,
@@ -56,7 +57,11 @@ from .amqp.types import DecodeError, Int, Long, Symbol, Timestamp, UByte, UInt, 
 from .config import EmulatorConfig, HubConfig
 from .log import PartitionLog
 from .semantics import (
+    ARGUMENT_ERROR,
+    INVALID_FIELD,
+    LINK_STOLEN,
     MESSAGE_SIZE_EXCEEDED,
+    NOT_ALLOWED,
     NOT_FOUND,
     UNAUTHORIZED,
     EmulatorError,
@@ -76,15 +81,12 @@ DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "SAS_KEY_VALUE"
 MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_FRAME_SIZE = 256 * 1024
+MAX_PARTITION_KEY = 128  # characters, as the service allows
 PRODUCER_CREDIT = 300
 READ_CHUNK = 100
 EPOCH = "com.microsoft:epoch"
 SELECTOR = "apache.org:selector-filter:string"
 ROLE_SENDER, ROLE_RECEIVER = False, True
-
-
-def _ms() -> int:
-    return int(time.time() * 1000)
 
 
 class _Signal:
@@ -125,6 +127,7 @@ class _Link:
     owner_key: tuple[str, str, str] | None = None
     link_id: int = 0
     node: str = ""  # "$cbs" or "$management" for request/reply links
+    reply_to: str | None = None  # a reply link's own address: requests name it in reply-to
     displaced: list[int] = field(default_factory=list)
 
 
@@ -133,7 +136,6 @@ class _Session:
     channel: int  # ours (= the client's channel)
     remote_channel: int
     links: dict[int, _Link] = field(default_factory=dict)  # by remote handle
-    by_name: dict[str, _Link] = field(default_factory=dict)
     next_handle: int = 0
     next_outgoing_id: int = 0  # transfer-id of our next frame (session flow control counts frames)
     next_delivery_id: int = 0
@@ -180,22 +182,31 @@ class EventHubsServer:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Listen; `port` 0 picks a free port (read `self.port` after)."""
+        # Opening a partition recovers its log (a CRC scan): do it here, off the event loop.
+        for hub in self.config.hubs.values():
+            for partition in hub.partition_ids:
+                await asyncio.to_thread(self.store.partition, hub.name, partition)
+            await asyncio.to_thread(self.store.created_at_ms, hub.name)
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._housekeeping = asyncio.get_running_loop().create_task(self._retention_loop())
         log.info("Event Hubs emulator listening on %s:%d", self.host, self.port)
 
     async def _retention_loop(self) -> None:
-        """Drop expired segments now and then; begin_sequence_number follows."""
+        """Each second fsync what `--fsync batch` left; now and then drop expired segments."""
+        since_retention = 0.0
         while True:
-            await asyncio.sleep(self._retention_check)
+            await asyncio.sleep(1.0)
+            since_retention += 1.0
             try:
-                dropped = await asyncio.to_thread(self.store.apply_retention)
+                await asyncio.to_thread(self.store.sync)
+                if since_retention >= self._retention_check:
+                    since_retention = 0.0
+                    dropped = await asyncio.to_thread(self.store.apply_retention)
+                    if dropped:
+                        log.info("retention dropped %d expired events", dropped)
             except Exception:
-                log.exception("retention pass failed")
-                continue
-            if dropped:
-                log.info("retention dropped %d expired events", dropped)
+                log.exception("housekeeping pass failed")
 
     async def stop(self) -> None:
         """Close the listener and every connection."""
@@ -238,17 +249,13 @@ class EventHubsServer:
             raise EmulatorError(NOT_FOUND, f"The messaging entity '{name}' could not be found.")
         return hub
 
-    def partition_ids(self, hub: HubConfig) -> list[str]:
-        """Partition ids as strings, `0` to count - 1."""
-        return [str(i) for i in range(hub.partition_count)]
-
     def partition(self, hub: HubConfig, partition: str) -> PartitionLog:
         """The log of one partition.
 
         Raises:
             EmulatorError: `amqp:not-found` for a partition the hub does not have.
         """
-        if partition not in self.partition_ids(hub):
+        if partition not in list(hub.partition_ids):
             raise EmulatorError(
                 NOT_FOUND,
                 f"The specified partition is invalid for an EventHub partition sender or receiver."
@@ -270,7 +277,7 @@ class EventHubsServer:
 
     def choose_partition(self, hub: HubConfig, partition: str | None, key: str | None) -> str:
         """By id, by key (the SDK's own hash), or round robin."""
-        ids = self.partition_ids(hub)
+        ids = list(hub.partition_ids)
         if partition is not None:
             self.partition(hub, partition)
             return partition
@@ -293,7 +300,7 @@ class EventHubsServer:
         return {
             "name": hub.name,
             "created_at": Timestamp(self.store.created_at_ms(hub.name)),
-            "partition_ids": self.partition_ids(hub),
+            "partition_ids": list(hub.partition_ids),
             "type": "com.microsoft:eventhub",
         }
 
@@ -310,6 +317,16 @@ class EventHubsServer:
             "is_partition_empty": plog.is_empty,
             "type": "com.microsoft:partition",
         }
+
+
+def _covers(audience: str, hub_name: str) -> bool:
+    """A token for the namespace covers every hub; one for a hub (or below it) covers that hub."""
+    path = urlsplit(audience).path.strip("/") if "://" in audience else audience.strip("/")
+    return path == "" or path.split("/")[0].lower() == hub_name.lower()
+
+
+class _ProtocolError(Exception):
+    """The client broke AMQP's rules; the connection is closed with an error."""
 
 
 def _error(condition: str, description: str) -> Error:
@@ -394,8 +411,9 @@ class _Connection:
                 await self.writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
-        except DecodeError as exc:
-            log.warning("connection %s sent undecodable data: %s", self.peer, exc)
+        except (DecodeError, _ProtocolError) as exc:
+            log.warning("connection %s broke the protocol: %s", self.peer, exc)
+            self.send(0, Close(error=_error("amqp:connection:framing-error", str(exc)[:500])))
         except Exception:
             log.exception("connection %s failed", self.peer)
         finally:
@@ -416,6 +434,10 @@ class _Connection:
                 ),
             )
         elif isinstance(body, Begin):
+            old = self.sessions.pop(channel, None)
+            if old is not None:  # a channel reused without End: drop what it held
+                for link in old.links.values():
+                    self._drop_link(link)
             session = _Session(channel=channel, remote_channel=channel)
             session.remote_incoming_window = int(body.incoming_window or 0)
             session.next_incoming_id = int(body.next_outgoing_id or 0)
@@ -430,19 +452,22 @@ class _Connection:
                     handle_max=UInt(255),
                 ),
             )
-        elif isinstance(body, Attach):
-            self._attach(self.sessions[channel], body)
-        elif isinstance(body, Flow):
-            self._flow(self.sessions[channel], body)
-        elif isinstance(body, Transfer):
-            await self._transfer(self.sessions[channel], body, payload)
+        elif isinstance(body, Attach | Flow | Transfer):
+            session = self.sessions.get(channel)
+            if session is None:
+                raise _ProtocolError(f"{type(body).__name__} on channel {channel} before Begin")
+            if isinstance(body, Attach):
+                self._attach(session, body)
+            elif isinstance(body, Flow):
+                self._flow(session, body)
+            else:
+                await self._transfer(session, body, payload)
         elif isinstance(body, Disposition):
             pass  # consumers get settled deliveries; nothing waits on their dispositions
         elif isinstance(body, Detach):
             session = self.sessions.get(channel)
             link = session.links.pop(int(body.handle), None) if session else None
             if link is not None:
-                session.by_name.pop(link.name, None)  # type: ignore[union-attr]
                 self._drop_link(link)
                 self.send(channel, Detach(handle=UInt(link.handle), closed=True))
         elif isinstance(body, End):
@@ -492,6 +517,9 @@ class _Connection:
         role = ROLE_RECEIVER if client_sends else ROLE_SENDER
         terminus = attach.target if client_sends else attach.source
         address = _text(getattr(terminus, "address", None)) or ""
+        stale = session.links.pop(int(attach.handle), None)
+        if stale is not None:  # a handle reused without Detach: release what it held
+            self._drop_link(stale)
         link = _Link(str(attach.name), handle, int(attach.handle), role, kind="")
         try:
             self._classify(link, address, attach)
@@ -499,7 +527,6 @@ class _Connection:
             self._refuse_attach(session, attach, handle, exc)
             return
         session.links[link.remote_handle] = link
-        session.by_name[link.name] = link
         self.send(
             session.channel,
             Attach(
@@ -530,6 +557,7 @@ class _Connection:
                 link.node = node
                 if link.role == ROLE_SENDER:
                     link.kind = "reply"
+                    link.reply_to = _text(getattr(attach.target, "address", None))
                 else:
                     link.kind = "cbs" if node == "$cbs" else "management"
                 return
@@ -568,6 +596,8 @@ class _Connection:
         link.next_sequence = _resolve(plog, position)
         props = {_text(k): v for k, v in (attach.properties or {}).items()}
         epoch = props.get(EPOCH)
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+            raise EmulatorError(INVALID_FIELD, f"{EPOCH} must be an integer")
         link.link_id = next(self.server._link_ids)
         link.owner_key = (hub.name.lower(), link.consumer_group.lower(), target.partition)
         link.displaced = self.server._ownership.claim(
@@ -576,9 +606,7 @@ class _Connection:
         self.server.receivers[link.link_id] = (self, link)
 
     def _require_token(self, hub_name: str) -> None:
-        if not any(
-            aud.lower().rstrip("/").split("/")[3:4] == [hub_name.lower()] for aud in self.authorized
-        ):
+        if not any(_covers(aud, hub_name) for aud in self.authorized):
             raise EmulatorError(
                 UNAUTHORIZED, f"Unauthorized access to '{hub_name}': put a token on $cbs first"
             )
@@ -591,7 +619,6 @@ class _Connection:
         for session in conn.sessions.values():
             if session.links.get(link.remote_handle) is link:
                 session.links.pop(link.remote_handle, None)
-                session.by_name.pop(link.name, None)
                 if link.task is not None:
                     link.task.cancel()
                     link.task = None
@@ -602,7 +629,7 @@ class _Connection:
                         handle=UInt(link.handle),
                         closed=True,
                         error=_error(
-                            "amqp:link:stolen",
+                            LINK_STOLEN,
                             "New receiver with higher or equal epoch was opened;"
                             " this receiver was disconnected.",
                         ),
@@ -627,7 +654,14 @@ class _Connection:
 
     def _flow(self, session: _Session, flow: Flow) -> None:
         if flow.incoming_window is not None:
-            session.remote_incoming_window = int(flow.incoming_window)
+            # remote-incoming-window = next-incoming-id(flow) + incoming-window(flow)
+            #                          - next-outgoing-id(ours)   (AMQP 1.0, 2.5.6)
+            base = int(flow.next_incoming_id) if flow.next_incoming_id is not None else 0
+            session.remote_incoming_window = (
+                base + int(flow.incoming_window) - session.next_outgoing_id
+            )
+            for other in session.links.values():
+                other.wake.set()
         if flow.handle is None:
             return
         link = session.links.get(int(flow.handle))
@@ -643,7 +677,9 @@ class _Connection:
         session.next_incoming_id += 1  # every transfer frame uses one id of our incoming window
         link = session.links.get(int(transfer.handle))
         if link is None:
-            return
+            raise _ProtocolError(f"transfer on unattached handle {int(transfer.handle)}")
+        if link.role != ROLE_RECEIVER:
+            raise _ProtocolError(f"transfer on link {link.name!r}, which sends to the client")
         if link.incoming_id is None:
             link.incoming_id = (
                 int(transfer.delivery_id) if transfer.delivery_id is not None else None
@@ -653,11 +689,13 @@ class _Connection:
         if not link.incoming_oversize:
             link.incoming += payload
             if len(link.incoming) > MAX_MESSAGE_SIZE:
-                link.incoming = (
-                    bytearray()
-                )  # keep memory bounded; refused once the last frame is in
+                # Keep memory bounded; the delivery is refused once its last frame is in.
+                link.incoming = bytearray()
                 link.incoming_oversize = True
         if transfer.more:
+            return
+        if transfer.aborted:  # the sender gave this delivery up: nothing to store or settle
+            link.incoming, link.incoming_id, link.incoming_oversize = bytearray(), None, False
             return
         oversize = link.incoming_oversize
         link.incoming_oversize = False
@@ -685,6 +723,9 @@ class _Connection:
         except EmulatorError as exc:
             log.info("rejected a message on %s: %s", link.name, exc)
             state = Rejected(_error(exc.condition, exc.description))
+        except DecodeError as exc:  # a malformed message is refused, the connection stays
+            log.info("rejected an undecodable message on %s: %s", link.name, exc)
+            state = Rejected(_error("amqp:decode-error", str(exc)[:500]))
         if not settled and delivery_id is not None:
             self.send(
                 session.channel,
@@ -704,6 +745,13 @@ class _Connection:
                 inner = [data]
             if not inner:
                 return
+            for raw in inner:  # a consumer must be able to read back every event stored
+                decode_message(raw)
+            if key is not None and len(key) > MAX_PARTITION_KEY:
+                raise EmulatorError(
+                    ARGUMENT_ERROR,
+                    f"partition key is {len(key)} characters; at most {MAX_PARTITION_KEY}",
+                )
             partition = self.server.choose_partition(link.hub, link.partition, key)
             await self.server.publish(link.hub, partition, [(key, raw) for raw in inner])
             return
@@ -714,7 +762,7 @@ class _Connection:
         elif link.kind == "management":
             reply = self._management(message, props)
         else:
-            raise EmulatorError("amqp:not-allowed", "this link does not take messages")
+            raise EmulatorError(NOT_ALLOWED, "this link does not take messages")
         self._reply(session, link.node, message, reply)
 
     def _put_token(self, message: Message, props: dict[str, Any]) -> Message:
@@ -728,21 +776,17 @@ class _Connection:
 
     def _management(self, message: Message, props: dict[str, Any]) -> Message:
         try:
-            token = _text(props.get("security_token"))
-            if token:
-                self.server.check_token(token)
-            elif not self.authorized:
-                return _status(401, "Unauthorized: no token")
             hub = self.server.hub(_text(props.get("name")) or "")
+            token = _text(props.get("security_token"))
+            audiences = {self.server.check_token(token)} if token else self.authorized
+            if not any(_covers(aud, hub.name) for aud in audiences):
+                return _status(401, f"Unauthorized access to '{hub.name}'")
             kind = _text(props.get("type"))
             if kind == "com.microsoft:eventhub":
                 return _status(200, "OK", self.server.hub_properties(hub))
             if kind == "com.microsoft:partition":
-                return _status(
-                    200,
-                    "OK",
-                    self.server.partition_properties(hub, _text(props.get("partition")) or ""),
-                )
+                partition = _text(props.get("partition")) or ""
+                return _status(200, "OK", self.server.partition_properties(hub, partition))
             return _status(400, f"unsupported management type {kind!r}")
         except EmulatorError as exc:
             code = 401 if exc.condition == UNAUTHORIZED else 404
@@ -750,9 +794,10 @@ class _Connection:
 
     def _reply(self, session: _Session, node: str, request: Message, reply: Message) -> None:
         """Answer on the client's receiving link of the same node, correlated by message id."""
-        target = next(
-            (ln for ln in session.links.values() if ln.kind == "reply" and ln.node == node), None
-        )
+        reply_to = _text(request.properties.reply_to) if request.properties else None
+        candidates = [ln for ln in session.links.values() if ln.kind == "reply" and ln.node == node]
+        target = next((ln for ln in candidates if reply_to and ln.reply_to == reply_to), None)
+        target = target or (candidates[0] if candidates else None)
         if target is None:
             log.warning("no %s reply link in this session; answer dropped", node)
             return
@@ -777,24 +822,29 @@ class _Connection:
         for frame in frames:
             self.writer.write(frame)
         session.next_outgoing_id += len(frames)
+        session.remote_incoming_window -= len(frames)
         link.delivery_count += 1
         link.credit -= 1
 
     # --- consumers -----------------------------------------------------------------------
     async def _feed(self, session: _Session, link: _Link) -> None:
+        """Send a partition's events while the link has credit and the session has window."""
         assert link.hub is not None
         assert link.partition is not None
         plog = self.server.partition(link.hub, link.partition)
         signal = self.server.signal(link.hub, link.partition)
         try:
             while not self.closed:
-                if link.credit <= 0:
+                if link.credit <= 0 or session.remote_incoming_window <= 0:
                     link.wake.clear()
                     await link.wake.wait()
                     continue
                 link.next_sequence = max(link.next_sequence, plog.begin_sequence_number)
-                records = plog.read(
-                    link.next_sequence, max_count=min(link.credit, READ_CHUNK), max_bytes=1 << 20
+                records = await asyncio.to_thread(
+                    plog.read,
+                    link.next_sequence,
+                    max_count=min(link.credit, session.remote_incoming_window, READ_CHUNK),
+                    max_bytes=1 << 20,
                 )
                 if not records:
                     await signal.wait(1.0)
@@ -816,6 +866,20 @@ class _Connection:
             pass
         except (ConnectionError, RuntimeError):
             pass
+        except Exception as exc:  # never leave a link attached that no longer delivers
+            log.exception("receiver %s on %s/%s failed", link.name, link.hub.name, link.partition)
+            link.task = None
+            self._drop_link(link)
+            if session.links.get(link.remote_handle) is link:
+                del session.links[link.remote_handle]
+            self.send(
+                session.channel,
+                Detach(
+                    handle=UInt(link.handle),
+                    closed=True,
+                    error=_error("amqp:internal-error", f"{type(exc).__name__}: {exc}"[:500]),
+                ),
+            )
 
 
 def _status(code: int, description: str, value: Any = None) -> Message:
@@ -833,7 +897,7 @@ def _resolve(plog: PartitionLog, position: Any) -> int:
         return nxt
     if position.kind == "sequence":
         start = position.value if position.inclusive else position.value + 1
-        return min(max(start, begin), nxt)
+        return max(start, begin)  # a position past the end waits for events to come
     if position.kind == "offset":
         return max(
             plog.sequence_at_or_after_offset(position.value, inclusive=position.inclusive), begin

@@ -125,6 +125,13 @@ class HubStore:
             logs = list(self._logs.values())
         return sum(plog.apply_retention() for plog in logs)
 
+    def sync(self) -> None:
+        """Fsync whatever "batch" left unsynced in every open partition (a timer calls this)."""
+        with self._lock:
+            logs = list(self._logs.values())
+        for plog in logs:
+            plog.sync()
+
     def close(self) -> None:
         """Close every partition log (waking their waiters). Idempotent."""
         with self._lock:

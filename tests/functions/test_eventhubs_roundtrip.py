@@ -28,6 +28,8 @@ from tests.support.waiting import wait_until
 NOW = datetime.now(UTC).replace(microsecond=0)
 DEVICES = ["pump-0001", "fan-0002", "compressor-0003"]
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture
 def hubs(tmp_path):

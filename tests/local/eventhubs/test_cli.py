@@ -10,9 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from azure.eventhub import EventHubProducerClient
 
 ROOT = Path(__file__).resolve().parents[3]
+
+pytestmark = pytest.mark.stack
 
 
 def test_cli_serves_the_printed_connection_string_and_stops_on_sigterm(tmp_path):

@@ -19,6 +19,8 @@ from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture
 def hubs(tmp_path: Path):

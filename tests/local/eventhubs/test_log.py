@@ -400,9 +400,12 @@ def test_lookups_near_the_end_of_100k_records_read_only_a_few_kib(
         target = Record(99_990, 99_990 * frame(None, b"x" * 99), 990, None, b"%099d" % 99_990)
         real_pread, reads = os.pread, []
 
+        me = threading.get_ident()
+
         def counting_pread(fd: int, n: int, at: int) -> bytes:
             data = real_pread(fd, n, at)
-            reads.append(len(data))
+            if threading.get_ident() == me:  # other tests' servers may still be winding down
+                reads.append(len(data))
             return data
 
         monkeypatch.setattr(os, "pread", counting_pread)
@@ -651,14 +654,6 @@ def test_hub_store_refuses_names_that_are_not_entity_names(
     with pytest.raises(ValueError, match="not a valid"):
         store.partition(hub, partition)
     store.close()
-
-
-def test_log_module_still_exports_the_hub_store() -> None:
-    from local.eventhubs import log
-
-    assert log.HubStore is HubStore
-    with pytest.raises(AttributeError):
-        log.NoSuchThing  # noqa: B018
 
 
 # --- invariants -------------------------------------------------------------------------------
