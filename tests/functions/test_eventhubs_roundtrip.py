@@ -12,17 +12,19 @@ import pytest
 from azure.eventhub import EventHubConsumerClient
 
 import ingest_function
+import score_function
 from local.eventhubs.runner import EmulatorThread
 from local.eventhubs.semantics import partition_for_key
-from shared.events import IncomingEvent, decode_event
+from shared.events import decode_event
 from shared.microbatch import MicroBatcher
 from shared.pipeline import ScoringPipeline
 from shared.publisher import EventHubPublisher
 from shared.readings import format_timestamp
 from shared.scoring import AmlClient
 from shared.store import InMemoryTableStore
-from shared.wiring import IngestApp
+from shared.wiring import IngestApp, ScoreApp
 from tests.support.aml_standin import KEY
+from tests.support.functions import eventhub_batch
 from tests.support.waiting import wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -102,6 +104,8 @@ def test_ingest_function_publishes_to_the_emulator_and_the_pipeline_scores_it(
         assert event.partition_key == decode_event(b"".join(event.body))[0].encode()
         assert event.properties[b"count"] == 4
 
+    # What the Functions host would do with them: one trigger batch per partition, through the
+    # azure-functions converter, into score_function.main.
     store = InMemoryTableStore()
     t = [0.0]
     batcher = MicroBatcher(
@@ -110,24 +114,25 @@ def test_ingest_function_publishes_to_the_emulator_and_the_pipeline_scores_it(
         sleep=lambda s: t.__setitem__(0, t[0] + s),
         rng=random.Random(0),
     )
+    monkeypatch.setattr(
+        score_function, "_app", ScoreApp(ScoringPipeline(store=store, batcher=batcher))
+    )
     try:
-        report = ScoringPipeline(store=store, batcher=batcher).process(
-            [
-                IncomingEvent(
-                    body=b"".join(e.body),
-                    partition=p,
-                    offset=e.offset,
-                    sequence_number=e.sequence_number,
-                    enqueued_time=e.enqueued_time,
+        for partition in sorted({p for p, _ in received}):
+            events = [e for p, e in received if p == partition]
+            score_function.main(
+                eventhub_batch(
+                    [b"".join(e.body) for e in events],
+                    partition=partition,
+                    first_sequence=events[0].sequence_number,
+                    enqueued=events[0].enqueued_time,
                 )
-                for p, e in received
-            ],
-            now=NOW,
-        )
+            )
     finally:
         batcher.close()
         batcher.scorer.close()
-    assert (report.predictions, report.anomalies, report.dead_letters) == (12, 1, 0)
+    anomaly_day = (NOW - timedelta(seconds=20)).date()  # the flagged reading's own day
+    assert [a["device_id"] for a in store.list_anomalies(anomaly_day, limit=10).items] == ["fan-0002"]
     window = {"start": NOW - timedelta(hours=1), "end": NOW + timedelta(hours=1), "limit": 10}
     assert {d: len(store.list_predictions(d, **window).items) for d in DEVICES} == dict.fromkeys(
         DEVICES, 4
