@@ -132,7 +132,9 @@ def test_ingest_function_publishes_to_the_emulator_and_the_pipeline_scores_it(
         batcher.close()
         batcher.scorer.close()
     anomaly_day = (NOW - timedelta(seconds=20)).date()  # the flagged reading's own day
-    assert [a["device_id"] for a in store.list_anomalies(anomaly_day, limit=10).items] == ["fan-0002"]
+    assert [a["device_id"] for a in store.list_anomalies(anomaly_day, limit=10).items] == [
+        "fan-0002"
+    ]
     window = {"start": NOW - timedelta(hours=1), "end": NOW + timedelta(hours=1), "limit": 10}
     assert {d: len(store.list_predictions(d, **window).items) for d in DEVICES} == dict.fromkeys(
         DEVICES, 4
