@@ -316,7 +316,7 @@ def test_an_unknown_consumer_group_is_refused(hubs, caplog):
         },
         daemon=True,
     )
-    with caplog.at_level("INFO", logger="local.eventhubs.server"):
+    with caplog.at_level("INFO", logger="local.eventhubs.connection"):
         worker.start()
         try:
             assert wait_until(lambda: "refused attach" in caplog.text, timeout=15)
