@@ -6,6 +6,9 @@ import asyncio
 import gc
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +45,41 @@ def send(hubs: EmulatorThread, bodies: list[str], **batch_kwargs) -> None:
         client.send_batch(batch)
 
 
+@dataclass
+class Consumer:
+    """What a background consumer saw: events (or sequence numbers) and errors."""
+
+    events: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+
+@contextmanager
+def consuming(
+    hubs: EmulatorThread, partition: str, *, group: str = "$Default", **receive_kwargs
+) -> Iterator[Consumer]:
+    """Run `EventHubConsumerClient.receive` in a thread for the block; close it after."""
+    seen = Consumer()
+    client = EventHubConsumerClient.from_connection_string(
+        hubs.connection_string(), consumer_group=group, eventhub_name="readings"
+    )
+    worker = threading.Thread(
+        target=client.receive,
+        kwargs={
+            "on_event": lambda ctx, event: seen.events.append(event),
+            "on_error": lambda ctx, error: seen.errors.append(error),
+            "partition_id": partition,
+            **receive_kwargs,
+        },
+        daemon=True,
+    )
+    worker.start()
+    try:
+        yield seen
+    finally:
+        client.close()
+        worker.join(10)
+
+
 def receive(
     hubs: EmulatorThread,
     partition: str,
@@ -53,31 +91,15 @@ def receive(
     **receive_kwargs,
 ) -> list:
     """Receive until `count` events arrived (or the deadline), then close."""
-    got: list = []
-    client = EventHubConsumerClient.from_connection_string(
-        hubs.connection_string(), consumer_group="$Default", eventhub_name="readings"
-    )
-
-    def on_event_batch(context, events) -> None:
-        got.extend(events)
-
-    worker = threading.Thread(
-        target=client.receive_batch,
-        kwargs={
-            "on_event_batch": on_event_batch,
-            "partition_id": partition,
-            "starting_position": starting_position,
-            "starting_position_inclusive": inclusive,
-            "max_wait_time": 0.5,
-            **receive_kwargs,
-        },
-        daemon=True,
-    )
-    worker.start()
-    wait_until(lambda: len(got) >= count, timeout=timeout)
-    client.close()
-    worker.join(10)
-    return got
+    with consuming(
+        hubs,
+        partition,
+        starting_position=starting_position,
+        starting_position_inclusive=inclusive,
+        **receive_kwargs,
+    ) as seen:
+        wait_until(lambda: len(seen.events) >= count, timeout=timeout)
+    return seen.events
 
 
 def test_hub_and_partition_properties(hubs):
@@ -139,28 +161,11 @@ def test_receive_from_each_kind_of_position(hubs):
 
 def test_receive_from_latest_sees_only_new_events(hubs):
     send(hubs, ["old"], partition_id="1")
-    got: list = []
-    client = EventHubConsumerClient.from_connection_string(
-        hubs.connection_string(), consumer_group="$Default", eventhub_name="readings"
-    )
-    worker = threading.Thread(
-        target=client.receive,
-        kwargs={
-            "on_event": lambda ctx, e: got.append(e),
-            "partition_id": "1",
-            "starting_position": "@latest",
-        },
-        daemon=True,
-    )
-    worker.start()
-    try:
+    with consuming(hubs, "1", starting_position="@latest") as seen:
         assert wait_until(lambda: hubs.receiver_count("readings", "1") == 1, timeout=10)
         send(hubs, ["new"], partition_id="1")
-        assert wait_until(lambda: len(got) >= 1, timeout=10)
-    finally:
-        client.close()
-        worker.join(10)
-    assert [e.body_as_str() for e in got] == ["new"]
+        assert wait_until(lambda: len(seen.events) >= 1, timeout=10)
+    assert [e.body_as_str() for e in seen.events] == ["new"]
 
 
 def test_events_and_numbers_survive_a_restart(tmp_path):
@@ -215,34 +220,14 @@ def test_an_event_over_one_mib_is_refused(hubs):
 
 def test_a_receiver_with_a_higher_epoch_takes_the_partition_over(hubs):
     send(hubs, ["a"], partition_id="0")
-    errors: list = []
-    got: list = []
-    first = EventHubConsumerClient.from_connection_string(
-        hubs.connection_string(), consumer_group="$Default", eventhub_name="readings"
-    )
-    t1 = threading.Thread(
-        target=first.receive,
-        kwargs={
-            "on_event": lambda ctx, e: got.append(("first", e.sequence_number)),
-            "on_error": lambda ctx, err: errors.append(err),
-            "partition_id": "0",
-            "starting_position": "-1",
-            "owner_level": 0,
-        },
-        daemon=True,
-    )
-    t1.start()
-    try:
-        assert wait_until(lambda: got == [("first", 0)], timeout=10)
+    with consuming(hubs, "0", starting_position="-1", owner_level=0) as first:
+        assert wait_until(lambda: [e.sequence_number for e in first.events] == [0], timeout=10)
         # A higher epoch, so the first receiver's automatic reconnects (epoch 0) are refused
         # rather than taking the partition back (equal epochs are covered in test_semantics).
         stolen = receive(hubs, "0", 1, owner_level=1)
         assert [e.sequence_number for e in stolen] == [0]
-        assert wait_until(lambda: bool(errors), timeout=10)
-    finally:
-        first.close()
-        t1.join(10)
-    assert "stolen" in str(errors[0]).lower() or "epoch" in str(errors[0]).lower()
+        assert wait_until(lambda: bool(first.errors), timeout=10)
+    assert "stolen" in str(first.errors[0]).lower() or "epoch" in str(first.errors[0]).lower()
 
 
 def test_the_asyncio_clients_work_too(hubs):
@@ -303,55 +288,23 @@ def test_an_unknown_consumer_group_is_refused(hubs, caplog):
     # The SDK keeps retrying a refused link in the background (as it does against the service);
     # what matters here is that the emulator refuses it with the service's condition.
     send(hubs, ["x"], partition_id="0")
-    got: list = []
-    client = EventHubConsumerClient.from_connection_string(
-        hubs.connection_string(), consumer_group="nosuchgroup", eventhub_name="readings"
-    )
-    worker = threading.Thread(
-        target=client.receive,
-        kwargs={
-            "on_event": lambda ctx, e: got.append(e),
-            "partition_id": "0",
-            "starting_position": "-1",
-        },
-        daemon=True,
-    )
-    with caplog.at_level("INFO", logger="local.eventhubs.connection"):
-        worker.start()
-        try:
-            assert wait_until(lambda: "refused attach" in caplog.text, timeout=15)
-        finally:
-            client.close()
-            worker.join(10)
+    with (
+        caplog.at_level("INFO", logger="local.eventhubs.connection"),
+        consuming(hubs, "0", group="nosuchgroup", starting_position="-1") as seen,
+    ):
+        assert wait_until(lambda: "refused attach" in caplog.text, timeout=15)
     refusal = next(r.getMessage() for r in caplog.records if "refused attach" in r.getMessage())
     assert "amqp:not-found" in refusal
     assert (
         "The messaging entity 'readings/ConsumerGroups/nosuchgroup' could not be found." in refusal
     )
-    assert got == []
+    assert seen.events == []
 
 
 def test_a_start_past_the_end_waits_for_that_event(hubs):
     send(hubs, ["a", "b", "c"], partition_id="2")  # sequence numbers 0..2
-    got: list = []
-    client = EventHubConsumerClient.from_connection_string(
-        hubs.connection_string(), consumer_group="$Default", eventhub_name="readings"
-    )
-    worker = threading.Thread(
-        target=client.receive,
-        kwargs={
-            "on_event": lambda ctx, e: got.append(e.sequence_number),
-            "partition_id": "2",
-            "starting_position": 5,
-        },
-        daemon=True,
-    )
-    worker.start()
-    try:
+    with consuming(hubs, "2", starting_position=5) as seen:
         assert wait_until(lambda: hubs.receiver_count("readings", "2") == 1, timeout=10)
         send(hubs, [f"n{i}" for i in range(5)], partition_id="2")  # 3..7
-        assert wait_until(lambda: len(got) >= 2, timeout=10)
-    finally:
-        client.close()
-        worker.join(10)
-    assert got == [6, 7]
+        assert wait_until(lambda: len(seen.events) >= 2, timeout=10)
+    assert [e.sequence_number for e in seen.events] == [6, 7]
