@@ -67,6 +67,7 @@ from azure.core.credentials import TokenCredential
 from .errors import ConfigError
 from .predictions import Prediction
 from .readings import format_timestamp
+from .retry import parse_retry_after
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -528,8 +529,8 @@ class PowerBISink:
             self._retry_later(kind, batch, None, why)
             return
         if status == 429:
-            hint = {k.lower(): v for k, v in reply_headers.items()}.get("retry-after", "")
-            seconds = float(hint) if re.fullmatch(r"\d{1,5}(\.\d*)?", hint.strip()) else None
+            hint = {k.lower(): v for k, v in reply_headers.items()}.get("retry-after")
+            seconds = parse_retry_after(hint)
             with self._lock:
                 self._stats.throttled += 1
             self._retry_later(kind, batch, seconds, f"429 throttled by {_redact(url)}")

@@ -17,13 +17,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from .errors import FleetscoreError, PermanentError, TransientError
+from .retry import RetryPolicy, parse_retry_after
 
 __all__ = [
     "AdaptiveLimit",
@@ -60,17 +60,6 @@ class Scorer(Protocol):
             EndpointConfigError: no request can succeed with these settings.
         """
         ...
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds only; AML and Power BI send those)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 3600 else None
 
 
 class AmlClient:
@@ -143,20 +132,6 @@ class AmlClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter and a cap, bounded by an overall deadline."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry `attempt` (0-based); `retry_after` wins when given."""
-        if retry_after is not None:
-            return retry_after + rng.uniform(0, 0.1 * max(retry_after, 1.0))
-        return rng.uniform(0, min(self.cap, self.base * (2**attempt)))
 
 
 class AdaptiveLimit:

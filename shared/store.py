@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -73,6 +72,7 @@ from .deadletters import DeadLetter
 from .errors import ConfigError, ConflictError, PermanentError, TransientError
 from .predictions import Prediction
 from .readings import row_key
+from .retry import parse_retry_after
 
 __all__ = [
     "InMemoryTableStore",
@@ -463,16 +463,9 @@ class _StoreBase(ABC):
 
 def _retry_after(exc: HttpResponseError) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
-    for name, scale in (("Retry-After", 1.0), ("x-ms-retry-after-ms", 0.001)):
-        raw = headers.get(name)
-        if raw is not None:
-            try:
-                seconds = float(raw) * scale
-            except ValueError:
-                continue  # an HTTP-date: leave the pause to the caller's backoff
-            if math.isfinite(seconds) and seconds >= 0:
-                return seconds
-    return None
+    return parse_retry_after(headers.get("Retry-After")) or parse_retry_after(
+        headers.get("x-ms-retry-after-ms"), scale=0.001
+    )
 
 
 @contextmanager

@@ -219,3 +219,11 @@ def test_adaptive_limit_cuts_once_for_simultaneous_throttles():
     later = limit.acquire()  # sent after the cut: its 429 is news
     limit.release(later, throttled=True)
     assert limit.limit == 2
+
+
+def test_parse_retry_after_in_milliseconds_and_implausible_values():
+    from shared.retry import parse_retry_after as parse
+
+    assert parse("1500", scale=0.001) == 1.5
+    assert parse("7200") is None
+    assert parse("nan") is None
