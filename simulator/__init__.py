@@ -1,0 +1,1 @@
+"""The device fleet simulator: physics, anomalies, ground truth and the HTTP sender."""
