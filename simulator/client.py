@@ -93,7 +93,7 @@ class ClientStats:
     readings refused with a 400 (a bug somewhere); `bad_rejected` counts corrupt readings
     refused as expected; `bad_accepted` counts corrupt readings the server took (a validation
     hole); `failed` counts readings given up on (retries exhausted, or not sent after a fatal
-    answer).
+    answer); `last_error` names the most recent transient problem, for the summary.
     """
 
     requests: int
@@ -109,6 +109,7 @@ class ClientStats:
     p99_ms: float
     elapsed_s: float
     fatal: str | None
+    last_error: str | None = None
 
     @property
     def rate(self) -> float:
@@ -229,6 +230,7 @@ class IngestClient:
         self._counts.update(failed=0, duplicate_acks=0, accepted=0)
         self._started: float | None = None
         self._fatal: str | None = None
+        self._last_error: str | None = None
 
     # --- public API -------------------------------------------------------------------------
 
@@ -290,6 +292,7 @@ class IngestClient:
             p99_ms=_percentile(latencies, 0.99),
             elapsed_s=elapsed,
             fatal=self._fatal,
+            last_error=self._last_error,
         )
 
     def manifest(self) -> dict[str, Any]:
@@ -380,8 +383,9 @@ class IngestClient:
                 response = self._session().post(
                     self.url, data=body, headers=self._headers, timeout=self.timeout
                 )
-            except (requests.ConnectionError, requests.Timeout):
+            except (requests.ConnectionError, requests.Timeout) as exc:
                 self._count("requests")
+                self._last_error = f"{type(exc).__name__} from {self.url}"
             else:
                 with self._lock:
                     self._counts["requests"] += 1
@@ -401,6 +405,7 @@ class IngestClient:
                     self._count("failed", len(batch))
                     return
                 retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                self._last_error = f"HTTP {status} from {self.url}"
             if attempt < self.max_retries:
                 self._sleep(self._delay(attempt, retry_after))
         self._count("failed", len(batch))

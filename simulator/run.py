@@ -127,6 +127,8 @@ def format_summary(stats: ClientStats, *, steps: int) -> str:
         lines.append("ok: every reading sent was confirmed")
     else:
         lines.append("NOT OK: some readings were not confirmed (see the counts above)")
+        if stats.last_error:
+            lines.append(f"last error: {stats.last_error}")
     return "\n".join(lines)
 
 
