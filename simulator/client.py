@@ -14,8 +14,8 @@ that tests compare with what the server stored.
 
 Example:
     >>> with IngestClient("http://127.0.0.1:7071/api/readings", "key") as c:  # doctest: +SKIP
-    ...     c.submit(readings)
-    ...     c.flush()
+    ...     c.submit(readings)  # sends full batches, keeps a partial one for a while
+    ...     c.flush()  # sends the rest and waits for every answer
     ...     print(c.stats().accepted)
 """
 
@@ -177,6 +177,7 @@ class IngestClient:
         rate: Target readings per second, or None for as fast as possible.
         bad_fraction: Share (0..1) of readings replaced by corrupt ones, sent in their own
             requests so that one bad reading never takes good ones down with it.
+        linger_s: Seconds a partial batch may wait for more readings before it goes out.
         session_factory: Builds a session per worker (a seam for tests).
         clock: Monotonic seconds.
         sleep: Sleeps for backoff and pacing.
@@ -195,6 +196,7 @@ class IngestClient:
         backoff: tuple[float, float] = (0.2, 10.0),
         rate: float | None = None,
         bad_fraction: float = 0.0,
+        linger_s: float = 0.5,
         session_factory: Callable[[], requests.Session] = requests.Session,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -210,6 +212,7 @@ class IngestClient:
             raise ValueError(f"rate must be > 0 readings/s, got {rate}")
         self.url, self.batch_size, self.timeout = url, batch_size, timeout
         self.max_retries, self.backoff, self.bad_fraction = max_retries, backoff, bad_fraction
+        self.linger_s = linger_s
         self._headers = {"x-functions-key": key, "Content-Type": "application/json"}
         self._session_factory, self._clock, self._sleep = session_factory, clock, sleep
         self._rng = rng or random.Random(0)
@@ -229,6 +232,8 @@ class IngestClient:
         )
         self._counts.update(failed=0, duplicate_acks=0, accepted=0)
         self._started: float | None = None
+        self._pending: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        self._pending_since: float | None = None
         self._fatal: str | None = None
         self._last_error: str | None = None
 
@@ -240,30 +245,39 @@ class IngestClient:
         return self._fatal
 
     def submit(self, readings: Iterable[dict[str, Any]]) -> None:
-        """Queue readings for sending; blocks while the connections are busy or the rate says so.
+        """Queue readings; full batches go out now, blocking while connections or rate are busy.
 
-        With `bad_fraction` set, that share of readings is replaced by corrupt copies, which
-        travel in requests of their own.
+        Readings from several calls are gathered into full batches (few, fat requests); a
+        partial batch goes out once its oldest reading has waited `linger_s`, at the next
+        `submit`/`poll`, or at `flush`. With `bad_fraction` set, that share of readings is
+        replaced by corrupt copies, which travel in requests of their own. Call `submit`,
+        `poll` and `flush` from one thread.
         """
         if self._started is None:
             self._started = self._clock()
-        good: list[dict[str, Any]] = []
-        bad: list[dict[str, Any]] = []
+        added = 0
         for reading in readings:
+            added += 1
             if self.bad_fraction and self._random() < self.bad_fraction:
                 kind = _CORRUPTIONS[int(self._random() * len(_CORRUPTIONS))]
-                bad.append(corrupt_reading(reading, kind))
+                self._pending[True].append(corrupt_reading(reading, kind))
             else:
-                good.append(reading)
+                self._pending[False].append(reading)
         with self._lock:
-            self._counts["submitted"] += len(good) + len(bad)
-        for chunk, expect_bad in ((good, False), (bad, True)):
-            for start in range(0, len(chunk), self.batch_size):
-                for batch in _split_by_size(chunk[start : start + self.batch_size]):
-                    self._dispatch(batch, expect_bad)
+            self._counts["submitted"] += added
+        if added and self._pending_since is None:
+            self._pending_since = self._clock()
+        self._drain(partial=False)
+        self.poll()
+
+    def poll(self) -> None:
+        """Send a partial batch whose oldest reading has waited `linger_s` (call when idle)."""
+        if self._pending_since is not None and self._clock() - self._pending_since >= self.linger_s:
+            self._drain(partial=True)
 
     def flush(self) -> None:
-        """Wait until every submitted batch has been answered or given up on."""
+        """Send what is queued and wait until every batch has been answered or given up on."""
+        self._drain(partial=True)
         while True:
             with self._lock:
                 pending = list(self._futures)
@@ -340,6 +354,16 @@ class IngestClient:
     def _random(self) -> float:
         with self._rng_lock:
             return self._rng.random()
+
+    def _drain(self, *, partial: bool) -> None:
+        """Dispatch every full batch, and with `partial` the remainders too."""
+        for expect_bad, queue in self._pending.items():
+            while len(queue) >= self.batch_size or (partial and queue):
+                chunk, queue[:] = queue[: self.batch_size], queue[self.batch_size :]
+                for batch in _split_by_size(chunk):
+                    self._dispatch(batch, expect_bad)
+        if not any(self._pending.values()):
+            self._pending_since = None
 
     def _dispatch(self, batch: list[dict[str, Any]], expect_bad: bool) -> None:
         if self._fatal is not None:

@@ -45,6 +45,7 @@ EXIT_FATAL = 2  # a configuration error (key, URL, size) stopped the run
 EXIT_INTERRUPTED = 130
 # The ingest keeps readings up to 7 days old; an hour of margin covers slow sends and skew.
 MAX_LOOKBACK = timedelta(days=7) - timedelta(hours=1)
+_IDLE_TICK_S = 0.1  # how often a waiting loop lets the client send a lingering partial batch
 
 
 class FleetLike(Protocol):
@@ -179,7 +180,8 @@ def run(
         while steps < total and client.fatal is None:
             due = started + steps * period
             while (wait := due - clock()) > 0:
-                sleep(min(wait, progress_every_s))
+                sleep(min(wait, progress_every_s, _IDLE_TICK_S))
+                client.poll()  # a partial batch must not wait for the next step to go out
                 last_shown = _show(progress, fleet, client, clock, last_shown, progress_every_s)
             client.submit(fleet.step())
             steps += 1

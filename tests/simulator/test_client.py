@@ -19,6 +19,7 @@ from local.host.http import HttpHost
 from shared.publisher import InMemoryPublisher
 from shared.wiring import IngestApp
 from simulator.client import IngestClient, corrupt_reading
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sim-test-key"
@@ -183,6 +184,31 @@ def test_client_sends_batches_and_manifest_equals_server(fake_ingest):
     assert stats.ok
     assert stats.p99_ms >= stats.p50_ms > 0
     assert set(fake_ingest.stored.values()) == {1}
+
+
+def test_client_gathers_small_submits_into_full_batches(fake_ingest):
+    clock = FakeClock()
+    readings = make_readings(10, 20)
+    with client_for(fake_ingest.url, batch_size=50, clock=clock, sleep=clock.sleep) as client:
+        for start in range(0, 200, 10):  # twenty steps of ten devices
+            client.submit(readings[start : start + 10])
+        client.flush()
+        stats = client.stats()
+    assert (stats.requests, stats.accepted) == (4, 200)
+
+
+def test_client_sends_a_lingering_partial_batch_on_poll(fake_ingest):
+    clock = FakeClock()
+    with client_for(
+        fake_ingest.url, batch_size=50, linger_s=0.5, clock=clock, sleep=clock.sleep
+    ) as client:
+        client.submit(make_readings(3, 1))
+        client.poll()
+        assert fake_ingest.requests == 0  # still waiting for company
+        clock.sleep(0.5)
+        client.poll()
+        assert wait_until(lambda: client.stats().accepted == 3)
+        client.flush()
 
 
 def test_client_retries_429_and_503_honouring_retry_after():
