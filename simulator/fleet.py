@@ -346,7 +346,7 @@ class Fleet:
         jolt = np.zeros((steps, n))
         if elec.any():
             ti, di = np.nonzero(elec)
-            hit = rng.random(len(ti)) < 0.03 + 0.35 * sev[ti, di]
+            hit = rng.random(len(ti)) < 0.005 + 0.1 * sev[ti, di]
             jolt[ti[hit], di[hit]] = rng.uniform(0.3, 1.2, int(hit.sum()))
 
         rpm = p["rpm"] * speed * (1.0 - 0.015 * load_eff) * (1.0 - 0.25 * jolt)

@@ -80,3 +80,15 @@ def test_run_generate_is_deterministic(tmp_path):
         assert run_generate(args) == 0
     for f in ("pump.npz", "fan.npz", "compressor.npz", "truth.jsonl", "manifest.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_run_plot_writes_a_png(tmp_path):
+    from simulator.plot import add_plot_arguments, run_plot
+
+    parser = argparse.ArgumentParser()
+    add_plot_arguments(parser)
+    out = tmp_path / "p.png"
+    args = ["--device", "fan-0002", "--devices", "4", "--days", "0.2", "--out", str(out)]
+    assert run_plot(parser.parse_args(args)) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_plot(parser.parse_args([*args[:-2], "--device", "nope", "--out", str(out)])) == 2
