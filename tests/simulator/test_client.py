@@ -16,6 +16,7 @@ import pytest
 
 import ingest_function
 from local.host.http import HttpHost
+from shared.errors import TransientError
 from shared.publisher import InMemoryPublisher
 from shared.wiring import IngestApp
 from simulator.client import IngestClient, corrupt_reading
@@ -378,6 +379,35 @@ def test_client_real_ingest_rejects_bad_fraction(ingest_host, hub):
     assert stats.bad_rejected > 0
     assert (stats.accepted, stats.bad_accepted, stats.rejected) == (published, 0, 0)
     assert stats.accepted + stats.bad_rejected == 200
+
+
+class FlakyHub(InMemoryPublisher):
+    """Event Hubs that cannot be reached for the first `failures` publishes."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def publish(self, events):
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientError("hub unreachable", retry_after=7)
+        return super().publish(events)
+
+
+def test_client_real_ingest_503_is_retried_after_its_retry_after(ingest_host, monkeypatch):
+    flaky = FlakyHub(failures=2)
+    monkeypatch.setattr(ingest_function, "_app", IngestApp(flaky))
+    clock = FakeClock()
+    with client_for(
+        f"{ingest_host.url}/api/readings", max_connections=1, clock=clock, sleep=clock.sleep
+    ) as client:
+        client.submit(make_readings(5, 10))
+        client.flush()
+        stats = client.stats()
+    assert (stats.accepted, stats.retries, stats.failed) == (50, 2, 0)
+    assert clock.slept == [7.0, 7.0]  # the ingest's Retry-After, not the shorter jitter
+    assert sum(e.properties["count"] for e in flaky.events) == 50
 
 
 def test_client_real_ingest_wrong_key_is_fatal_401(ingest_host, hub):
