@@ -90,7 +90,7 @@ class AnomalyInjector:
                 end = start + length - 1
                 self.busy_until[d] = end + 1
                 self.active.append(Anomaly(int(d), metric, kind, start, end, mag))
-                fleet._truth.append(
+                fleet.record_truth(
                     {
                         "type": "anomaly",
                         "kind": name,

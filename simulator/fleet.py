@@ -170,6 +170,7 @@ class Fleet:
         n = config.devices
         self.kinds = [config.kinds[i % len(config.kinds)] for i in range(n)]
         self.device_ids = [f"{k}-{i:04d}" for i, k in enumerate(self.kinds)]
+        self._names = [kind_metrics(k) for k in self.kinds]
         self.kind_index = np.array([config.kinds.index(k) for k in self.kinds], dtype=np.int64)
         rng = self.rng
         size = rng.normal(1.0, 0.05, n)
@@ -217,6 +218,10 @@ class Fleet:
     def time_str(self, step: int) -> str:
         """Return the canonical timestamp string of absolute step ``step``."""
         return format_time(self.time_of(step))
+
+    def record_truth(self, record: dict) -> None:
+        """Queue a ground-truth record for the next :meth:`drain_truth` (used by the injector)."""
+        self._truth.append(record)
 
     def drain_truth(self) -> list[dict]:
         """Return ground-truth records started or completed since the last call."""
@@ -420,9 +425,8 @@ class Fleet:
         for d, dev in enumerate(self.device_ids):
             if not present[d]:
                 continue
-            metrics = {
-                m: rows[m][d] for m in kind_metrics(self.kinds[d]) if rows[m][d] == rows[m][d]
-            }
+            # NaN != NaN: a dropped-out metric is left out of the reading.
+            metrics = {m: rows[m][d] for m in self._names[d] if rows[m][d] == rows[m][d]}
             if metrics:
                 out.append({"device_id": dev, "timestamp": ts, "metrics": metrics})
         return out
