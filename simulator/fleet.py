@@ -97,9 +97,9 @@ class Chunk:
     ``values`` maps each metric in :data:`METRICS` to its array (NaN where the device's kind
     lacks the metric or a dropout removed it); ``present`` is False where a whole reading was
     dropped. Labels: ``mode`` (index into :data:`MODES`, 0 while healthy or failed),
-    ``failed``, ``health`` in [0, 1], ``minutes_to_failure`` (-1 when no failure is coming),
-    ``anomaly`` (0 or 1 + index into ``ANOMALY_KINDS``) and ``anomaly_metric`` (-1 or an index
-    into :data:`METRICS`).
+    ``failed``, ``health`` in [0, 1], ``minutes_to_failure`` (-1 when no failure is coming, 0 while
+    failed), ``anomaly`` (0 or 1 + index into ``ANOMALY_KINDS``) and ``anomaly_metric`` (-1 or an
+    index into :data:`METRICS`).
     """
 
     start_step: int

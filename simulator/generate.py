@@ -11,7 +11,8 @@ NPZ arrays, one row per reading, ordered by time then device: ``timestamp_ms`` (
 removed it), and labels ``anomaly`` (int8: 0 none, else 1 + index into ``anomaly_kinds``),
 ``anomaly_metric`` (int8 index into ``metric_names`` or -1), ``mode`` (int8 index into
 ``modes``, 0 when healthy or failed), ``failed`` (bool), ``health`` (float32) and
-``minutes_to_failure`` (float32, -1 when no failure is coming).
+``minutes_to_failure`` (float32, -1 when no failure is coming, 0 while failed). A failure is
+scheduled when its degradation starts, so the countdown is exact, not estimated.
 """
 
 from __future__ import annotations

@@ -184,3 +184,17 @@ def test_step_dropout_omits_the_reading_or_the_metric(seed):
                 assert got == []
             else:
                 assert r["metric"] not in got[0]["metrics"]
+
+
+def test_step_failed_machine_still_reports_stopped_and_valid():
+    fleet = Fleet(FleetConfig(devices=3, seed=8, **QUIET), start=START)
+    fleet.start_degradation(0, "seal_leak", hours=0.1)  # fails after 36 steps
+    steps = [fleet.step() for _ in range(120)]
+    truth = fleet.drain_truth()
+    assert [r["type"] for r in truth] == ["degradation", "failure"]
+    assert truth[1]["time"] == "2026-03-01T00:06:00.000Z"
+    last = next(r for r in steps[-1] if r["device_id"] == "pump-0000")
+    assert validate_reading(last, now=fleet.now)[1] == []
+    assert last["metrics"]["rpm"] < 5.0
+    assert last["metrics"]["current_a"] < 1.0
+    assert last["metrics"]["flow_m3h"] < 2.0
