@@ -89,7 +89,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--interval", type=_positive(float), default=10.0, help="simulated s between readings"
     )
     send = parser.add_argument_group("sending")
-    send.add_argument("--rate", type=_positive(float), help="readings/s (default: no limit)")
+    send.add_argument(
+        "--rate",
+        type=_positive(float),
+        help="cap on readings/s sent (default: no cap); the fleet itself produces "
+        "devices x speed / interval readings/s",
+    )
     send.add_argument("--batch-size", type=_positive(int), default=200, help="readings/request")
     send.add_argument("--connections", type=_positive(int), default=4, help="concurrent requests")
     send.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds/request")
@@ -138,6 +143,13 @@ def _run_command(args: argparse.Namespace) -> int:
     problem = _unreachable(args.url, min(args.timeout, 5.0))
     if problem:
         return _fail(problem)
+    pace = args.devices * args.speed / args.interval
+    if args.rate is not None and args.rate < pace:
+        print(
+            f"simulator: note: --rate {args.rate:g} is below the fleet's {pace:,.0f} readings/s: "
+            "the run will outlast --duration and its timestamps will lag the wall clock",
+            file=sys.stderr,
+        )
     config = fleet_module.FleetConfig(
         devices=args.devices, seed=args.seed, interval_s=args.interval
     )

@@ -132,8 +132,8 @@ class ClientStats:
 class _Pacer:
     """A token bucket over readings: `acquire(n)` blocks until n readings may go out.
 
-    The bucket holds at most one batch of credit, so bursts never exceed a batch and the rate
-    over a run converges on the target.
+    The bucket starts empty and holds at most one batch of credit, so bursts never exceed a
+    batch and even a short run does not overshoot the target.
     """
 
     def __init__(
@@ -144,8 +144,13 @@ class _Pacer:
         sleep: Callable[[float], None],
     ) -> None:
         self._rate, self._burst, self._clock, self._sleep = rate, burst, clock, sleep
-        self._tokens = float(burst)
+        self._tokens = 0.0
         self._last: float | None = None
+
+    def start(self, now: float) -> None:
+        """Begin earning credit at `now` (the first submit), so the rate is measured from there."""
+        if self._last is None:
+            self._last = now
 
     def acquire(self, n: int) -> None:
         if not self._rate:
@@ -255,6 +260,7 @@ class IngestClient:
         """
         if self._started is None:
             self._started = self._clock()
+            self._pacer.start(self._started)
         added = 0
         for reading in readings:
             added += 1

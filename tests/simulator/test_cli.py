@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -118,3 +119,20 @@ def test_cli_delegated_command_missing_says_so(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_module", lambda name: None)
     assert cli.main(["plot", "--device", "x"]) == 2
     assert "simulator/plot.py is missing" in capsys.readouterr().err
+
+
+def test_cli_run_with_a_rate_below_the_fleet_pace_warns_and_holds_it(
+    capsys, monkeypatch, fake_fleet
+):
+    monkeypatch.setenv(cli.KEY_ENV, support.KEY)
+    with support.FakeIngest() as server:
+        argv = ["run", "--url", server.url, "--devices", "4", "--speed", "600", "--quiet"]
+        code = cli.main([*argv, "--duration", "0.5", "--rate", "200", "--batch-size", "20"])
+        stored = server.manifest()
+    err = capsys.readouterr().err
+    assert code == 0
+    assert stored["accepted"] == 120
+    assert "--rate 200 is below the fleet's 240 readings/s" in err
+    achieved = re.search(r"\(([\d,]+) readings/s\)", err)
+    assert achieved is not None
+    assert float(achieved[1].replace(",", "")) == pytest.approx(200, rel=0.10)
