@@ -93,7 +93,9 @@ class ClientStats:
     readings refused with a 400 (a bug somewhere); `bad_rejected` counts corrupt readings
     refused as expected; `bad_accepted` counts corrupt readings the server took (a validation
     hole); `failed` counts readings given up on (retries exhausted, or not sent after a fatal
-    answer); `last_error` names the most recent transient problem, for the summary.
+    answer); `duplicate_acks` counts readings whose identity had been accepted before (the
+    same reading submitted twice; a resend after a lost 202 is not one, as the lost answer was
+    never counted); `last_error` names the most recent transient problem, for the summary.
     """
 
     requests: int
@@ -125,7 +127,7 @@ class ClientStats:
             and self.failed == 0
             and self.rejected == 0
             and self.bad_accepted == 0
-            and self.accepted + self.bad_rejected == self.submitted
+            and self.accepted + self.duplicate_acks + self.bad_rejected == self.submitted
         )
 
 
@@ -237,6 +239,7 @@ class IngestClient:
         )
         self._counts.update(failed=0, duplicate_acks=0, accepted=0)
         self._started: float | None = None
+        self._finished: float | None = None
         self._pending: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         self._pending_since: float | None = None
         self._fatal: str | None = None
@@ -261,6 +264,7 @@ class IngestClient:
         if self._started is None:
             self._started = self._clock()
             self._pacer.start(self._started)
+        self._finished = None
         added = 0
         for reading in readings:
             added += 1
@@ -288,6 +292,7 @@ class IngestClient:
             with self._lock:
                 pending = list(self._futures)
             if not pending:
+                self._finished = self._clock()  # the rate of a finished run stops decaying
                 return
             for future in pending:
                 future.result()
@@ -297,7 +302,8 @@ class IngestClient:
         with self._lock:
             latencies = sorted(self._latencies)
             c = dict(self._counts)
-        elapsed = self._clock() - self._started if self._started is not None else 0.0
+        end = self._finished if self._finished is not None else self._clock()
+        elapsed = end - self._started if self._started is not None else 0.0
         return ClientStats(
             requests=c["requests"],
             submitted=c["submitted"],

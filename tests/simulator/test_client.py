@@ -242,6 +242,18 @@ def test_client_lost_ack_is_resent_and_counted_once(tmp_path):
     assert stats.ok
 
 
+def test_client_same_identity_submitted_twice_is_accepted_once(fake_ingest):
+    readings = make_readings(3, 2)
+    with client_for(fake_ingest.url, batch_size=4) as client:
+        client.submit(readings + readings[:2])
+        client.flush()
+        stats = client.stats()
+        identities = client.accepted_identities()
+    assert (stats.submitted, stats.accepted, stats.duplicate_acks) == (8, 6, 2)
+    assert identities == set(fake_ingest.stored)
+    assert stats.ok
+
+
 def test_client_gives_up_after_max_retries_and_reports_failure():
     with FakeIngest(["503"] * 10) as server:
         clock = FakeClock()
