@@ -47,6 +47,8 @@ eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C sto
 bench: $(STAMP) ## Benchmarks that print their figures
 	@echo "==> Event Hubs emulator through the SDK"
 	@$(PY) bench/eventhubs.py
+	@echo "==> simulator: offline generation, 200 devices x 30 days"
+	@$(PY) bench/simulator_generate.py
 
 demo: ## The whole pipeline on this machine (arrives with issue 6)
 	@echo "make demo is not built yet: it arrives with the local stack (issue 6)."

@@ -196,7 +196,9 @@ def _add_delegated(
 ) -> argparse.ArgumentParser:
     """Add `generate` or `plot`, wired to `simulator.<name>` when that module is present."""
     module = _module(name)
-    parser = commands.add_parser(name, help=help_text, description=help_text)
+    parser = commands.add_parser(
+        name, help=help_text, description=help_text, formatter_class=_Formatter
+    )
     if module is None:
         parser.description = f"{help_text} (unavailable: simulator/{name}.py is missing)"
         # Its arguments are unknown without the module: accept any, then say what is missing.
