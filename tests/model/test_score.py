@@ -1,0 +1,224 @@
+"""The AML entry script's contract: shapes, order, nulls, bad input, state round trip."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from model import score
+from model.detector import DetectorConfig
+from model.score import CONTRACT, MODEL_VERSION, BadRequest, init, run, score_request
+from shared.predictions import MAX_STATE_CHARS, parse_device_result
+from shared.readings import validate_reading
+from simulator.fleet import Fleet, FleetConfig
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fleet_readings(devices: int, steps: int, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    fleet = Fleet(FleetConfig(devices=devices, seed=seed, anomaly_per_day=6.0), start=START)
+    per_device: dict[str, list[dict[str, Any]]] = {d: [] for d in fleet.device_ids}
+    for _ in range(steps):
+        for r in fleet.step():
+            per_device[r["device_id"]].append(
+                {"timestamp": r["timestamp"], "metrics": r["metrics"]}
+            )
+    return per_device
+
+
+def request(per_device: dict[str, list[dict[str, Any]]], states: dict | None = None) -> str:
+    states = states or {}
+    devices = [
+        {"device_id": d, "state": states.get(d), "readings": readings}
+        for d, readings in per_device.items()
+    ]
+    return json.dumps({"contract": CONTRACT, "devices": devices})
+
+
+def test_run_answers_one_prediction_per_reading_in_order() -> None:
+    init()
+    per_device = fleet_readings(3, 120)
+    out = run(request(per_device))
+    json.dumps(out, allow_nan=False)
+    assert out["model_version"] == MODEL_VERSION
+    assert [d["device_id"] for d in out["devices"]] == list(per_device)
+    for device in out["devices"]:
+        sent = per_device[device["device_id"]]
+        preds = device["predictions"]
+        assert [p["timestamp"] for p in preds] == [r["timestamp"] for r in sent]
+        for p in preds:
+            assert set(p) == {
+                "timestamp",
+                "anomaly_score",
+                "is_anomaly",
+                "top_metric",
+                "failure_probability",
+                "maintenance_due",
+            }
+            assert p["failure_probability"] is None
+            assert p["maintenance_due"] is None
+            assert 0.0 <= p["anomaly_score"] <= 1.0
+            assert p["is_anomaly"] is (p["anomaly_score"] >= 0.9)
+        assert device["state"]["v"] == 1
+
+
+def test_run_response_passes_the_pipeline_validator() -> None:
+    per_device = fleet_readings(3, 200, seed=1)
+    out = run(request(per_device))
+    for device in out["devices"]:
+        readings = []
+        for r in per_device[device["device_id"]]:
+            reading, errors = validate_reading({"device_id": device["device_id"], **r})
+            assert errors == []
+            readings.append(reading)
+        result = parse_device_result(device, readings, MODEL_VERSION)
+        assert len(result.predictions) == len(readings)
+        assert len(json.dumps(device["state"])) < MAX_STATE_CHARS
+
+
+def test_run_many_requests_passing_state_equal_one_request() -> None:
+    # A short warm-up so that the 4 simulated hours are mostly scored, not just learned.
+    cfg = DetectorConfig(warmup_s=600.0, warmup_readings=30.0)
+    per_device = fleet_readings(2, 1500, seed=2)
+    whole = score_request(json.loads(request(per_device)), cfg)
+    states: dict[str, Any] = {}
+    parts: dict[str, list[dict[str, Any]]] = {d: [] for d in per_device}
+    for start in range(0, 1500, 137):
+        chunk = {d: r[start : start + 137] for d, r in per_device.items()}
+        out = score_request(json.loads(request(chunk, states)), cfg)
+        out = json.loads(json.dumps(out))  # the state travels as JSON text
+        for device in out["devices"]:
+            states[device["device_id"]] = device["state"]
+            parts[device["device_id"]].extend(device["predictions"])
+    for device in whole["devices"]:
+        assert max(p["anomaly_score"] for p in device["predictions"]) > 0.01
+        got = parts[device["device_id"]]
+        assert [p["timestamp"] for p in got] == [p["timestamp"] for p in device["predictions"]]
+        assert [p["top_metric"] for p in got] == [p["top_metric"] for p in device["predictions"]]
+        for a, b in zip(got, device["predictions"], strict=True):
+            assert a["anomaly_score"] == pytest.approx(b["anomaly_score"], abs=1e-9)
+        state = states[device["device_id"]]
+        assert state.keys() == device["state"].keys()
+        for key, value in device["state"].items():
+            if key == "metrics" or not isinstance(value, list):
+                assert state[key] == value, key
+            else:
+                assert state[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_run_scores_readings_with_missing_metrics_repeats_and_disorder() -> None:
+    readings = [
+        {"timestamp": "2026-01-01T00:00:10.000Z", "metrics": {"a": 1.0, "b": 2.0}},
+        {"timestamp": "2026-01-01T00:00:10.000Z", "metrics": {"a": 1.0}},
+        {"timestamp": "2026-01-01T00:00:00+00:00", "metrics": {"b": None}},
+        {"timestamp": "2026-01-04T00:00:00Z", "metrics": {}},
+    ]
+    out = run(json.dumps({"contract": 1, "devices": [{"device_id": "x", "readings": readings}]}))
+    preds = out["devices"][0]["predictions"]
+    assert [p["timestamp"] for p in preds] == [r["timestamp"] for r in readings]
+    assert [p["anomaly_score"] for p in preds] == [0.0] * 4
+
+
+def test_run_starts_fresh_on_a_foreign_state_and_answers_an_empty_device() -> None:
+    body = {
+        "contract": 1,
+        "devices": [
+            {"device_id": "a", "state": {"v": 99, "junk": [1]}, "readings": []},
+            {
+                "device_id": "b",
+                "state": "nonsense",
+                "readings": [{"timestamp": "2026-01-01T00:00:00Z", "metrics": {"t": 1}}],
+            },
+        ],
+    }
+    out = run(json.dumps(body))
+    assert out["devices"][0]["predictions"] == []
+    assert out["devices"][0]["state"]["v"] == 1
+    assert out["devices"][1]["state"]["metrics"] == ["t"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("not json", "$"),
+        ([], "$"),
+        ({"devices": []}, "contract"),
+        ({"contract": 2, "devices": []}, "contract"),
+        ({"contract": 1}, "devices"),
+        ({"contract": 1, "devices": [3]}, "devices[0]"),
+        ({"contract": 1, "devices": [{"readings": []}]}, "devices[0].device_id"),
+        ({"contract": 1, "devices": [{"device_id": "a"}]}, "devices[0].readings"),
+        (
+            {"contract": 1, "devices": [{"device_id": "a", "readings": [{"metrics": {}}]}]},
+            "devices[0].readings[0].timestamp",
+        ),
+        (
+            {
+                "contract": 1,
+                "devices": [{"device_id": "a", "readings": [{"timestamp": "2026-01-01T00:00:00"}]}],
+            },
+            "devices[0].readings[0].timestamp",
+        ),
+        (
+            {
+                "contract": 1,
+                "devices": [
+                    {"device_id": "a", "readings": [{"timestamp": "2026-01-01T00:00:00Z"}]}
+                ],
+            },
+            "devices[0].readings[0].metrics",
+        ),
+        (
+            {
+                "contract": 1,
+                "devices": [
+                    {
+                        "device_id": "a",
+                        "readings": [
+                            {"timestamp": "2026-01-01T00:00:00Z", "metrics": {"t": "hot"}}
+                        ],
+                    }
+                ],
+            },
+            "devices[0].readings[0].metrics.t",
+        ),
+    ],
+)
+def test_run_bad_request_names_the_field(body: object, field: str) -> None:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    out = run(raw)
+    assert isinstance(out, BadRequest)
+    assert out.status_code == 400
+    assert out["field"] == field
+    assert out["error"]
+    json.dumps(out)
+
+
+def test_score_module_imports_without_the_inference_server() -> None:
+    assert callable(score.init)
+    assert callable(score.run)
+
+
+def test_run_bad_request_is_an_aml_response_under_the_inference_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    calls = []
+
+    class AMLResponse:
+        def __init__(self, message: object, status_code: int, json_str: bool = False) -> None:
+            calls.append((message, status_code, json_str))
+
+    module = types.ModuleType("azureml.contrib.services.aml_response")
+    module.AMLResponse = AMLResponse  # type: ignore[attr-defined]
+    for name in ("azureml", "azureml.contrib", "azureml.contrib.services"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "azureml.contrib.services.aml_response", module)
+    out = run(json.dumps({"contract": 1}))
+    assert isinstance(out, AMLResponse)
+    assert calls == [({"error": "must be an array", "field": "devices"}, 400, True)]
