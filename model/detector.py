@@ -7,9 +7,10 @@ How it works, and why:
   weigh history correctly. Two time scales: the location follows slow regime changes (hours),
   the covariance (the shape of normal) is kept for days, so a degradation that builds up over
   hours still stands out against it.
-* **Robust to what it sees.** Residuals are clipped at ``huber`` standard deviations and a
-  reading far outside the baseline is down-weighted before it is learned, so an anomaly does not
-  become the new normal quickly.
+* **Robust to what it sees.** Once warmed up, residuals are clipped at ``huber`` standard
+  deviations before they are learned, so an anomaly does not become the new normal quickly,
+  while a lasting regime change (a machine first seen stopped, then running) is still learned
+  within hours instead of being flagged forever.
 * **Multivariate.** The score is the Mahalanobis distance of the standardised residuals under a
   shrunk correlation matrix: a combination that is unusual (current up while flow is down)
   scores high even when each metric alone looks normal. The correlations also absorb the
@@ -54,6 +55,8 @@ class DetectorConfig:
         stale_after_s: A state whose last reading is this far from the batch starts afresh.
         huber: Residuals are clipped at this many standard deviations before learning.
         shrinkage: Weight of the identity in the shrunk correlation matrix.
+        eigen_floor: Smallest eigenvalue kept when inverting it; bounds how tight a learned
+            relation between metrics can be (sensor noise never allows an exact one).
     """
 
     threshold: float = 0.9
@@ -142,14 +145,12 @@ def _learn_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorCo
     r = np.nan_to_num(x) - st.mean
     lim = cfg.huber * sd
     r = np.where(warm[None, :] & ready[:, None], np.clip(r, -lim, lim), r)
-    w = np.ones(x.shape[0])
     r = np.where(present, r, 0.0)
     pf = present.astype(float)
-    wp = pf * w[:, None]
-    st.p_w += wp.sum(axis=0)
-    st.p_x += (wp * (st.mean + r)).sum(axis=0)
-    st.p_s += (r * w[:, None]).T @ r
-    st.p_n += wp.T @ pf
+    st.p_w += pf.sum(axis=0)
+    st.p_x += (pf * (st.mean + r)).sum(axis=0)
+    st.p_s += r.T @ r
+    st.p_n += pf.T @ pf
 
 
 def _fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
@@ -205,8 +206,10 @@ def score_device(
             )
         return state, DeviceScores(np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, np.int64))
     stale_ms = cfg.stale_after_s * 1000.0
+    # Stale: a long silence, or a whole batch far behind the state (a device clock reset). One
+    # ancient late reading among recent ones is scored, not a reason to forget the baseline.
     if state is not None and (
-        int(t_ms.max()) - state.t_last > stale_ms or state.t_last - int(t_ms.min()) > stale_ms
+        int(t_ms.max()) - state.t_last > stale_ms or state.t_last - int(t_ms.max()) > stale_ms
     ):
         state = None
     if state is None:

@@ -137,6 +137,16 @@ def test_score_device_stale_state_starts_a_fresh_baseline() -> None:
     assert scores.score.tolist() == [0.0, 0.0, 0.0]
 
 
+def test_score_device_one_ancient_late_reading_keeps_the_baseline() -> None:
+    t = np.arange(3000, dtype=np.int64) * 10_000
+    x = np.random.default_rng(5).normal(size=(3000, 1))
+    state, _ = score_device(None, ["a"], t, x)
+    batch_t = np.array([t[-1] - 30 * DAY_MS, t[-1] + 10_000], dtype=np.int64)
+    kept, scores = score_device(state, ["a"], batch_t, np.array([[0.0], [0.0]]))
+    assert kept.t_first == state.t_first
+    assert scores.score.shape == (2,)
+
+
 def test_score_device_new_metric_extends_the_state() -> None:
     t = np.arange(100, dtype=np.int64) * 10_000
     state, _ = score_device(None, ["a"], t, np.ones((100, 1)))
