@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -101,11 +102,17 @@ _MATRICES = ("cov", "w_cov", "p_s", "p_n")
 _INTS = ("t_first", "t_last", "bucket", "folded")
 
 
+@lru_cache(maxsize=64)
+def _triu(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle indices for ``k`` metrics, cached: every request packs every state."""
+    return np.triu_indices(k)
+
+
 def _pack(m: np.ndarray) -> list[float]:
     k = m.shape[0]
     if k > MAX_FULL_COV:
         return np.diag(m).tolist()
-    return m[np.triu_indices(k)].tolist()
+    return m[_triu(k)].tolist()
 
 
 def _unpack(values: list[float], k: int) -> np.ndarray:
@@ -113,7 +120,7 @@ def _unpack(values: list[float], k: int) -> np.ndarray:
     if k > MAX_FULL_COV:
         out[np.diag_indices(k)] = values
         return out
-    iu = np.triu_indices(k)
+    iu = _triu(k)
     out[iu] = values
     out[(iu[1], iu[0])] = values
     return out
