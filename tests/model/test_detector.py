@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from model.detector import score_device
+from model.detector import DetectorConfig, score_device
 from model.state import DeviceState, dump_state, load_state
 from simulator.anomalies import ANOMALY_KINDS
 from simulator.fleet import METRICS, Chunk, Fleet, FleetConfig
@@ -194,3 +194,18 @@ def test_load_state_rejects_foreign_or_malformed(raw: object) -> None:
     elif raw == "negative-weight":
         raw = {**good, "w_mean": [0.0, -1.0]}
     assert load_state(raw) is None
+
+
+def test_score_device_many_metrics_keep_variances_only_and_a_small_state() -> None:
+    rng = np.random.default_rng(9)
+    names = [f"m{i:03d}" for i in range(100)]
+    t = np.arange(400, dtype=np.int64) * 60_000
+    cfg = DetectorConfig(warmup_s=3600.0)
+    state, scores = score_device(None, names, t, rng.normal(size=(400, 100)), cfg)
+    assert (scores.score[-100:] < 0.9).mean() > 0.9
+    assert np.count_nonzero(state.cov - np.diag(np.diag(state.cov))) == 0
+    raw = dump_state(state)
+    assert len(json.dumps(raw)) < 64_000
+    again = load_state(json.loads(json.dumps(raw)))
+    assert again is not None
+    assert again.names == names
