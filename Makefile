@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo eventhubs bench
+.PHONY: help setup test lint fmt unit clean demo eventhubs bench model-serve
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ unit: $(STAMP) ## Only the unit tests: no Azurite, no local servers
 
 eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C stops it)
 	@$(PY) -m local.eventhubs --port 5672
+
+# azmlinfsrv 1.5.1 has no --host and binds 0.0.0.0; this runs its own CLI with the host set to
+# loopback (the same launcher as tests/support/azmlinfsrv.py).
+AZMLINFSRV := $(PY) -c "import azureml_inference_server_http.amlserver as s; s.DEFAULT_HOST = '127.0.0.1'; s.run()"
+
+model-serve: $(STAMP) ## Serve model/score.py with azmlinfsrv on 127.0.0.1:5001 (Ctrl-C stops it)
+	@mkdir -p model/artifacts
+	@AML_APP_ROOT=$(CURDIR) AZUREML_MODEL_DIR=$(CURDIR)/model/artifacts \
+		$(AZMLINFSRV) --entry_script model/score.py --port 5001
 
 bench: $(STAMP) ## Benchmarks that print their figures
 	@echo "==> Event Hubs emulator through the SDK"

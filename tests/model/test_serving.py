@@ -1,0 +1,151 @@
+"""The entry script served by Microsoft's inference server, over real HTTP on 127.0.0.1.
+
+One server for the module: it takes about a second to start, and every test only posts to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from model.score import CONTRACT, MODEL_VERSION
+from shared.microbatch import MicroBatcher, build_body, chunk_device
+from shared.predictions import parse_device_result
+from shared.readings import Reading
+from shared.scoring import AmlClient
+from tests.support.azmlinfsrv import serve
+
+pytestmark = pytest.mark.stack
+
+T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+FAILURE_FIELDS = ("failure_probability", "maintenance_due")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serve() as url:
+        yield url
+
+
+def stamp(i: int) -> str:
+    return (T0 + timedelta(seconds=10 * i)).isoformat().replace("+00:00", "Z")
+
+
+def post(url: str, body: str | bytes) -> requests.Response:
+    with requests.Session() as session:
+        return session.post(
+            f"{url}/score", data=body, headers={"Content-Type": "application/json"}, timeout=10
+        )
+
+
+def test_score_two_devices_answers_contract_shape(server: str) -> None:
+    sent = {
+        "pump-1": [
+            {"timestamp": stamp(i), "metrics": {"rpm": 1500.0 + i, "temp": 60.0}} for i in range(5)
+        ],
+        "fan-2": [{"timestamp": stamp(i), "metrics": {"vibration": 0.2}} for i in range(3)],
+    }
+    body = {
+        "contract": CONTRACT,
+        "devices": [{"device_id": d, "state": None, "readings": rs} for d, rs in sent.items()],
+    }
+    resp = post(server, json.dumps(body))
+    assert resp.status_code == 200
+    doc = resp.json()
+    assert doc["model_version"] == MODEL_VERSION
+    assert [d["device_id"] for d in doc["devices"]] == ["pump-1", "fan-2"]
+    for device in doc["devices"]:
+        readings = sent[device["device_id"]]
+        assert isinstance(device["state"], dict)
+        preds = device["predictions"]
+        assert [p["timestamp"] for p in preds] == [r["timestamp"] for r in readings]
+        for p in preds:
+            assert set(p) == {
+                "timestamp",
+                "anomaly_score",
+                "is_anomaly",
+                "top_metric",
+                *FAILURE_FIELDS,
+            }
+            assert 0.0 <= p["anomaly_score"] <= 1.0
+            assert isinstance(p["is_anomaly"], bool)
+            assert all(p[f] is None for f in FAILURE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"contract": 99, "devices": []}', "contract"),
+        (
+            '{"contract": 1, "devices": [{"device_id": "d", "state": null, '
+            '"readings": [{"timestamp": "yesterday", "metrics": {}}]}]}',
+            "devices[0].readings[0].timestamp",
+        ),
+        ("not json", "$"),
+    ],
+)
+def test_score_malformed_request_answers_400_naming_field(
+    server: str, body: str, field: str
+) -> None:
+    resp = post(server, body)
+    assert resp.status_code == 400
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.json()["field"] == field
+
+
+def fleet(devices: int, readings: int) -> dict[str, list[Reading]]:
+    return {
+        f"dev-{d}": [
+            Reading(f"dev-{d}", T0 + timedelta(seconds=10 * i), {"rpm": 1500.0 + d, "temp": 60.0})
+            for i in range(readings)
+        ]
+        for d in range(devices)
+    }
+
+
+def test_score_aml_client_answer_passes_parse_device_result(server: str) -> None:
+    devices = fleet(3, 10)
+    chunks = [chunk_device(d, rs, max_rows=100, max_bytes=1 << 20)[0] for d, rs in devices.items()]
+    client = AmlClient(f"{server}/score", "unused-locally")
+    try:
+        doc = client.score(build_body(chunks, {}))
+    finally:
+        client.close()
+    assert doc["model_version"] == MODEL_VERSION
+    results = [
+        parse_device_result(raw, devices[raw["device_id"]], doc["model_version"])
+        for raw in doc["devices"]
+    ]
+    assert [r.device_id for r in results] == list(devices)
+    for result in results:
+        assert [p.timestamp for p in result.predictions] == [
+            r.timestamp for r in devices[result.device_id]
+        ]
+        assert all(p.failure_probability is None for p in result.predictions)
+        assert all(p.maintenance_due is None for p in result.predictions)
+
+
+def test_score_micro_batcher_scores_through_server(server: str) -> None:
+    devices = fleet(4, 30)
+    # max_rows=50 forces several requests and two rounds per device, so the state the server
+    # returned is sent back to it on the next request.
+    batcher = MicroBatcher(AmlClient(f"{server}/score", "unused-locally"), max_rows=50)
+    try:
+        outcome = batcher.score(devices, {d: None for d in devices})
+    finally:
+        batcher.close()
+        batcher.scorer.close()
+    assert outcome.rejected == []
+    assert outcome.model_version == MODEL_VERSION
+    assert outcome.requests >= 3
+    assert sorted(outcome.results) == sorted(devices)
+    for device_id, result in outcome.results.items():
+        assert [p.timestamp for p in result.predictions] == [
+            r.timestamp for r in devices[device_id]
+        ]
+        assert all(0.0 <= p.anomaly_score <= 1.0 for p in result.predictions)
+        assert result.state
