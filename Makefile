@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help setup test lint fmt unit clean demo eventhubs bench model-serve
 
 help: ## List the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "==> creating $(VENV) and installing requirements-dev.txt"
@@ -58,6 +58,8 @@ bench: $(STAMP) ## Benchmarks that print their figures
 	@$(PY) bench/eventhubs.py
 	@echo "==> simulator: offline generation, 200 devices x 30 days"
 	@$(PY) bench/simulator_generate.py
+	@echo "==> model scoring: numpy core and HTTP through azmlinfsrv"
+	@$(PY) bench/model_scoring.py
 
 demo: ## The whole pipeline on this machine (arrives with issue 6)
 	@echo "make demo is not built yet: it arrives with the local stack (issue 6)."
