@@ -8,9 +8,10 @@ events: the SDK spends its time per event, not per byte, so grouping pays.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from .errors import FieldError, ValidationError
 from .readings import Reading, format_timestamp, is_valid_device_id, validate_reading
@@ -22,9 +23,11 @@ __all__ = [
     "OutgoingEvent",
     "decode_event",
     "encode_device_events",
+    "split_to_fit",
 ]
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +63,19 @@ def _encode_body(device_id: str, readings: Sequence[Reading]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _split_bodies(
-    device_id: str, readings: Sequence[Reading], limit: int
+def split_to_fit(
+    items: Sequence[T], encode: Callable[[Sequence[T]], bytes], limit: int
 ) -> list[tuple[bytes, int]]:
-    body = _encode_body(device_id, readings)
-    if len(body) <= limit or len(readings) == 1:
-        return [(body, len(readings))]
-    half = len(readings) // 2
-    return _split_bodies(device_id, readings[:half], limit) + _split_bodies(
-        device_id, readings[half:], limit
-    )
+    """Encode `items` as one body, or halve them, in order, until each body fits `limit`.
+
+    Returns (body, item count) pairs; a single item too large on its own is returned as is so
+    the caller's size check (the SDK's batch, the hub) refuses it with a clear error.
+    """
+    body = encode(items)
+    if len(body) <= limit or len(items) == 1:
+        return [(body, len(items))]
+    half = len(items) // 2
+    return split_to_fit(items[:half], encode, limit) + split_to_fit(items[half:], encode, limit)
 
 
 def encode_device_events(
@@ -86,7 +92,9 @@ def encode_device_events(
     stamp = format_timestamp(ingested_at)
     events = []
     for device_id, readings in groups.items():
-        for body, count in _split_bodies(device_id, readings, max_body_bytes):
+        for body, count in split_to_fit(
+            readings, lambda rs, d=device_id: _encode_body(d, rs), max_body_bytes
+        ):
             events.append(
                 OutgoingEvent(
                     partition_key=device_id,

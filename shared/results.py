@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import FleetscoreError
-from .events import OutgoingEvent
+from .events import OutgoingEvent, split_to_fit
 from .predictions import Prediction
 from .publisher import EventPublisher
 
@@ -46,27 +46,15 @@ def encode_result_events(predictions: Sequence[Prediction]) -> list[OutgoingEven
         by_device.setdefault(p.device_id, []).append(p.to_json())
     events: list[OutgoingEvent] = []
     for device_id, rows in by_device.items():
-        start = 0
-        while start < len(rows):
-            end = len(rows)
-            while True:
-                body = json.dumps(
-                    {
-                        "schema": RESULTS_SCHEMA_VERSION,
-                        "device_id": device_id,
-                        "predictions": rows[start:end],
-                    },
-                    separators=(",", ":"),
-                ).encode()
-                if len(body) <= _MAX_EVENT_BYTES or end - start == 1:
-                    break
-                end = start + (end - start) // 2
+
+        def encode(part: Sequence[dict[str, object]], device_id: str = device_id) -> bytes:
+            doc = {"schema": RESULTS_SCHEMA_VERSION, "device_id": device_id, "predictions": part}
+            return json.dumps(doc, separators=(",", ":")).encode()
+
+        for body, count in split_to_fit(rows, encode, _MAX_EVENT_BYTES):
             events.append(
-                OutgoingEvent(
-                    device_id, body, {"schema": RESULTS_SCHEMA_VERSION, "count": end - start}
-                )
+                OutgoingEvent(device_id, body, {"schema": RESULTS_SCHEMA_VERSION, "count": count})
             )
-            start = end
     return events
 
 
