@@ -34,9 +34,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model.state import MAX_FULL_COV, DeviceState
+from model.state import MAX_FULL_COV, TREND_SCALES, DeviceState
 
-__all__ = ["DetectorConfig", "DeviceScores", "score_device"]
+__all__ = ["DetectorConfig", "DeviceScores", "score_device", "trend_feature_names"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class DetectorConfig:
         shrinkage: Weight of the identity in the shrunk correlation matrix.
         eigen_floor: Smallest eigenvalue kept when inverting it; bounds how tight a learned
             relation between metrics can be (sensor noise never allows an exact one).
+        trend_taus_s: Time constants of the trend features, short then long.
+        trend_clip: Conditional residuals are clipped at this many deviations before they
+            enter a trend, so one absurd reading cannot dominate hours of evidence.
     """
 
     threshold: float = 0.9
@@ -71,23 +74,67 @@ class DetectorConfig:
     huber: float = 4.0
     shrinkage: float = 0.001
     eigen_floor: float = 1e-4
+    trend_taus_s: tuple[float, float] = (3600.0, 6 * 3600.0)
+    trend_clip: float = 8.0
 
 
 class DeviceScores(NamedTuple):
-    """Per-reading output of :func:`score_device`, arrays in the order of the readings."""
+    """Per-reading output of :func:`score_device`, arrays in the order of the readings.
+
+    ``features`` are the trend features (see :func:`trend_feature_names`) as of the start of
+    each reading's bucket, so they too do not depend on where requests split the stream;
+    ``ready`` is false while the trend has too little history to mean anything.
+    """
 
     score: np.ndarray
     is_anomaly: np.ndarray
     top: np.ndarray  # index into the state's names, -1 when nothing was scored
+    features: np.ndarray
+    ready: np.ndarray
 
 
-def _score_run(
-    st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorConfig
-) -> tuple[np.ndarray, np.ndarray]:
+def trend_feature_names(names: list[str]) -> list[str]:
+    """Name the columns of ``DeviceScores.features`` for a state with metrics ``names``.
+
+    Per time scale ``s`` (0 short, 1 long): ``<metric>:mean<s>`` (mean signed conditional
+    residual: the metric drifting away from what the others predict), ``<metric>:rms<s>`` (its
+    root mean square: growing erratic), and ``*:dev<s>`` (mean calibrated deviate overall).
+    """
+    out: list[str] = []
+    for s in range(TREND_SCALES):
+        out += [f"{m}:mean{s}" for m in names]
+        out += [f"{m}:rms{s}" for m in names]
+        out.append(f"*:dev{s}")
+    return out
+
+
+def _features(st: DeviceState, cfg: DetectorConfig) -> tuple[np.ndarray, bool]:
+    """The trend features of ``st`` as one vector, and whether they are ready."""
+    w = np.maximum(st.tr_w, 1e-300)
+    mean = np.where(st.tr_w > 0, st.tr_s / w, 0.0)
+    rms = np.sqrt(np.where(st.tr_w > 0, st.tr_q / w, 0.0))
+    dev = np.where(st.tg_w > 0, st.tg_s / np.maximum(st.tg_w, 1e-300), 0.0)
+    parts: list[np.ndarray] = []
+    for s in range(TREND_SCALES):
+        parts += [mean[s], rms[s], dev[s : s + 1]]
+    return np.concatenate(parts), bool(st.tg_w[-1] >= cfg.warmup_readings)
+
+
+class _Run(NamedTuple):
+    score: np.ndarray  # (n,)
+    top: np.ndarray  # (n,)
+    cond: np.ndarray  # (n, k) signed conditional residual, 0 where not scored
+    used: np.ndarray  # (n, k) which metrics were scored
+    dev: np.ndarray  # (n,) calibrated deviate, NaN where nothing was scored
+
+
+def _score_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorConfig) -> _Run:
     """Score the readings ``x`` (n, k; NaN = missing) of one bucket against the baseline."""
     n, k = x.shape
     score = np.zeros(n)
     top = np.full(n, -1, dtype=np.int64)
+    cond_out = np.zeros((n, k))
+    dev = np.full(n, np.nan)
     present = ~np.isnan(x)
     var = np.diag(st.cov)
     floor = (1e-4 * np.abs(st.mean) + 1e-6) ** 2
@@ -96,7 +143,7 @@ def _score_run(
     ready = (t_ms - st.t_first) >= cfg.warmup_s * 1000.0
     use = present & warm[None, :] & ready[:, None]
     if not use.any():
-        return score, top
+        return _Run(score, top, cond_out, use, dev)
     z = np.where(use, (np.nan_to_num(x) - st.mean) / sd, 0.0)
     corr = st.cov / np.outer(sd, sd)
     pair_ok = st.w_cov >= cfg.warmup_readings
@@ -126,12 +173,18 @@ def _score_run(
         wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
         slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
         score[rows] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
-        cond = np.abs(g) / np.sqrt(np.diag(prec))
-        top[rows] = idx[np.argmax(cond, axis=1)]
-    return score, top
+        dev[rows] = wh
+        # g_j / sqrt(prec_jj): metric j's residual once the others have explained what they
+        # can (the standardised residual of regressing it on them), signed.
+        cond = g / np.sqrt(np.diag(prec))
+        cond_out[np.ix_(rows, idx)] = cond
+        top[rows] = idx[np.argmax(np.abs(cond), axis=1)]
+    return _Run(score, top, cond_out, use, dev)
 
 
-def _learn_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorConfig) -> None:
+def _learn_run(
+    st: DeviceState, x: np.ndarray, t_ms: np.ndarray, run: _Run, cfg: DetectorConfig
+) -> None:
     """Add one bucket's readings to the pending sums, clipped once the baseline is trusted.
 
     During the warm-up nothing is clipped: a baseline that first saw the machine stopped must
@@ -151,6 +204,13 @@ def _learn_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorCo
     st.p_x += (pf * (st.mean + r)).sum(axis=0)
     st.p_s += r.T @ r
     st.p_n += pf.T @ pf
+    c = np.clip(run.cond, -cfg.trend_clip, cfg.trend_clip)
+    st.pc_n += run.used.sum(axis=0)
+    st.pc_s += c.sum(axis=0)
+    st.pc_q += (c * c).sum(axis=0)
+    scored = np.isfinite(run.dev)
+    st.pg_n += float(scored.sum())
+    st.pg_s += float(np.clip(run.dev[scored], -cfg.trend_clip, cfg.trend_clip).sum())
 
 
 def _fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
@@ -168,9 +228,17 @@ def _fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
         if len(st.names) > MAX_FULL_COV:
             st.cov = np.diag(np.diag(st.cov))
         st.w_mean, st.w_cov = wm, wc
+        a = np.exp(-dt / np.asarray(cfg.trend_taus_s))
+        st.tr_w = a[:, None] * st.tr_w + st.pc_n
+        st.tr_s = a[:, None] * st.tr_s + st.pc_s
+        st.tr_q = a[:, None] * st.tr_q + st.pc_q
+        st.tg_w = a * st.tg_w + st.pg_n
+        st.tg_s = a * st.tg_s + st.pg_s
         st.folded = st.bucket
         st.p_w, st.p_x = np.zeros_like(st.p_w), np.zeros_like(st.p_x)
         st.p_s, st.p_n = np.zeros_like(st.p_s), np.zeros_like(st.p_n)
+        st.pc_n, st.pc_s, st.pc_q = (np.zeros_like(st.pc_n) for _ in range(3))
+        st.pg_n = st.pg_s = 0.0
     st.bucket = bucket
 
 
@@ -200,11 +268,13 @@ def score_device(
     n = t_ms.shape[0]
     bucket_ms = int(cfg.bucket_s * 1000)
     if n == 0:
-        if state is None:
-            return DeviceState.fresh(names, 0, 0), DeviceScores(
-                np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-            )
-        return state, DeviceScores(np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, np.int64))
+        st = state if state is not None else DeviceState.fresh(names, 0, 0)
+        f = len(trend_feature_names(st.names))
+        empty = DeviceScores(
+            np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64),
+            np.zeros((0, f)), np.zeros(0, dtype=bool),
+        )  # fmt: skip
+        return st, empty
     stale_ms = cfg.stale_after_s * 1000.0
     # Stale: a long silence, or a whole batch far behind the state (a device clock reset). One
     # ancient late reading among recent ones is scored, not a reason to forget the baseline.
@@ -216,12 +286,7 @@ def score_device(
         t0 = int(t_ms[0])
         st = DeviceState.fresh(names, t0, t0 // bucket_ms)
     else:
-        st = state.with_metrics(names)
-        st = DeviceState(
-            list(st.names), st.t_first, st.t_last, st.bucket, st.folded,
-            st.mean.copy(), st.w_mean.copy(), st.cov.copy(), st.w_cov.copy(),
-            st.p_w.copy(), st.p_x.copy(), st.p_s.copy(), st.p_n.copy(),
-        )  # fmt: skip
+        st = state.with_metrics(names).copy()
     # Columns of x in the state's order (metrics the batch lacks are missing, NaN).
     col = {name: i for i, name in enumerate(names)}
     k = len(st.names)
@@ -238,18 +303,22 @@ def score_device(
     ends = np.concatenate([cuts, [n]])
     score = np.zeros(n)
     top = np.full(n, -1, dtype=np.int64)
+    features = np.zeros((n, len(trend_feature_names(st.names))))
+    ready = np.zeros(n, dtype=bool)
     # Overflow from absurd values is handled below (the state starts afresh), not warned about.
     with np.errstate(over="ignore", invalid="ignore"):
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             if eff[s] != st.bucket:
                 _fold(st, int(eff[s]), cfg)
-            sc, tp = _score_run(st, xs[s:e], t_ms[s:e], cfg)
-            score[s:e], top[s:e] = sc, tp
-            _learn_run(st, xs[s:e], t_ms[s:e], cfg)
+            run = _score_run(st, xs[s:e], t_ms[s:e], cfg)
+            score[s:e], top[s:e] = run.score, run.top
+            features[s:e], ready[s:e] = _features(st, cfg)
+            _learn_run(st, xs[s:e], t_ms[s:e], run, cfg)
     st.t_last = max(st.t_last, int(t_ms.max()))
     if not st.is_finite():
         # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite JSON,
         # so the device starts afresh rather than poisoning every later request.
         st = DeviceState.fresh(st.names, st.t_last, st.bucket)
     score = np.nan_to_num(score, nan=0.0)
-    return st, DeviceScores(score, score >= cfg.threshold, top)
+    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    return st, DeviceScores(score, score >= cfg.threshold, top, features, ready)

@@ -17,7 +17,9 @@ import numpy as np
 
 __all__ = ["STATE_VERSION", "DeviceState", "dump_state", "load_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Time scales of the trend features (the failure predictor's inputs): short and long.
+TREND_SCALES = 2
 # Above this many metrics only variances are kept (no covariances), so the state stays well
 # under the pipeline's MAX_STATE_CHARS (a full matrix grows with the square of the metrics).
 MAX_FULL_COV = 32
@@ -39,6 +41,11 @@ class DeviceState:
         w_cov: Time-decayed weight behind each entry of ``cov``.
         p_w, p_x, p_s, p_n: Pending sums of the current bucket (weights, weighted values,
             residual cross products, pair weights).
+        tr_w, tr_s, tr_q: Trend per time scale and metric, shape ``(TREND_SCALES, k)``: the
+            decayed count, sum and sum of squares of the metric's conditional residual (what
+            is left of it once the other metrics explain what they can).
+        tg_w, tg_s: Trend of the overall deviation (the calibrated deviate), per time scale.
+        pc_n, pc_s, pc_q, pg_n, pg_s: Pending trend sums of the current bucket.
     """
 
     names: list[str]
@@ -54,15 +61,34 @@ class DeviceState:
     p_x: np.ndarray
     p_s: np.ndarray
     p_n: np.ndarray
+    tr_w: np.ndarray
+    tr_s: np.ndarray
+    tr_q: np.ndarray
+    tg_w: np.ndarray
+    tg_s: np.ndarray
+    pc_n: np.ndarray
+    pc_s: np.ndarray
+    pc_q: np.ndarray
+    pg_n: float = 0.0
+    pg_s: float = 0.0
 
     @classmethod
     def fresh(cls, names: Sequence[str], t_ms: int, bucket: int) -> DeviceState:
         """Return an empty baseline for ``names`` starting at ``t_ms``."""
         k = len(names)
-        z1, z2 = np.zeros(k), np.zeros((k, k))
+        z1, z2, zt = np.zeros(k), np.zeros((k, k)), np.zeros((TREND_SCALES, k))
         return cls(
             list(names), t_ms, t_ms, bucket, bucket,
             z1.copy(), z1.copy(), z2.copy(), z2.copy(), z1.copy(), z1.copy(), z2.copy(), z2.copy(),
+            zt.copy(), zt.copy(), zt.copy(), np.zeros(TREND_SCALES), np.zeros(TREND_SCALES),
+            z1.copy(), z1.copy(), z1.copy(),
+        )  # fmt: skip
+
+    def copy(self) -> DeviceState:
+        """Return a deep copy (the detector never modifies the state it was given)."""
+        return DeviceState(
+            list(self.names), self.t_first, self.t_last, self.bucket, self.folded,
+            *(getattr(self, key).copy() for key in _ARRAYS), self.pg_n, self.pg_s,
         )  # fmt: skip
 
     def with_metrics(self, names: Sequence[str]) -> DeviceState:
@@ -76,30 +102,41 @@ class DeviceState:
             return self
         k0, k = len(self.names), len(self.names) + len(new)
 
-        def grow(a: np.ndarray) -> np.ndarray:
-            if a.ndim == 1:
-                out = np.zeros(k)
-                out[:k0] = a
-            else:
+        def grow(key: str) -> np.ndarray:
+            a = getattr(self, key)
+            if key in _MATRICES:
                 out = np.zeros((k, k))
                 out[:k0, :k0] = a
+            elif key in _TRENDS:
+                out = np.zeros((TREND_SCALES, k))
+                out[:, :k0] = a
+            elif key in _GLOBAL:
+                return a.copy()
+            else:
+                out = np.zeros(k)
+                out[:k0] = a
             return out
 
         return DeviceState(
             [*self.names, *new], self.t_first, self.t_last, self.bucket, self.folded,
-            grow(self.mean), grow(self.w_mean), grow(self.cov), grow(self.w_cov),
-            grow(self.p_w), grow(self.p_x), grow(self.p_s), grow(self.p_n),
+            *(grow(key) for key in _ARRAYS), self.pg_n, self.pg_s,
         )  # fmt: skip
 
     def is_finite(self) -> bool:
         """Return whether every number in the state is finite (so it serialises as JSON)."""
-        arrays = (self.mean, self.w_mean, self.cov, self.w_cov, self.p_w, self.p_x, self.p_s)
-        return all(bool(np.isfinite(a).all()) for a in (*arrays, self.p_n))
+        scalars = np.isfinite([self.pg_n, self.pg_s]).all()
+        return bool(scalars) and all(bool(np.isfinite(getattr(self, a)).all()) for a in _ARRAYS)
 
 
-_VECTORS = ("mean", "w_mean", "p_w", "p_x")
+_VECTORS = ("mean", "w_mean", "p_w", "p_x", "pc_n", "pc_s", "pc_q")
 _MATRICES = ("cov", "w_cov", "p_s", "p_n")
+_TRENDS = ("tr_w", "tr_s", "tr_q")
+_GLOBAL = ("tg_w", "tg_s")
+# Constructor order of the array fields (after names and the integers).
+_ARRAYS = ("mean", "w_mean", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n", *_TRENDS, *_GLOBAL,
+           "pc_n", "pc_s", "pc_q")  # fmt: skip
 _INTS = ("t_first", "t_last", "bucket", "folded")
+_SCALARS = ("pg_n", "pg_s")
 
 
 @lru_cache(maxsize=64)
@@ -127,7 +164,7 @@ def _unpack(values: list[float], k: int) -> np.ndarray:
 
 
 def dump_state(state: DeviceState) -> dict[str, Any]:
-    """Return the JSON form ``{"v": 1, "metrics": [...], ...}``; symmetric matrices as triangles."""
+    """Return the JSON form ``{"v": 2, "metrics": [...], ...}``; symmetric matrices as triangles."""
     out: dict[str, Any] = {"v": STATE_VERSION, "metrics": list(state.names)}
     for key in _INTS:
         out[key] = int(getattr(state, key))
@@ -135,6 +172,10 @@ def dump_state(state: DeviceState) -> dict[str, Any]:
         out[key] = getattr(state, key).tolist()
     for key in _MATRICES:
         out[key] = _pack(getattr(state, key))
+    for key in (*_TRENDS, *_GLOBAL):
+        out[key] = getattr(state, key).reshape(-1).tolist()
+    for key in _SCALARS:
+        out[key] = float(getattr(state, key))
     return out
 
 
@@ -153,7 +194,7 @@ def load_state(raw: object) -> DeviceState | None:
     Returning ``None`` rather than raising is deliberate: a bad state costs a warm-up period,
     an exception would cost every future prediction of the device.
     """
-    if not isinstance(raw, Mapping) or raw.get("v") != STATE_VERSION:
+    if not isinstance(raw, Mapping) or raw.get("v") not in (1, STATE_VERSION):
         return None
     names = raw.get("metrics")
     if (
@@ -171,6 +212,8 @@ def load_state(raw: object) -> DeviceState | None:
         ints[key] = value
     arrays: dict[str, np.ndarray] = {}
     for key in _VECTORS:
+        if raw["v"] == 1 and key.startswith("pc_"):
+            continue
         arr = _floats(raw.get(key), k)
         if arr is None:
             return None
@@ -181,7 +224,34 @@ def load_state(raw: object) -> DeviceState | None:
         if arr is None:
             return None
         arrays[key] = _unpack(arr.tolist(), k)
-    weights = [arrays[w] for w in ("w_mean", "w_cov", "p_w", "p_n")]
+    scalars = {key: 0.0 for key in _SCALARS}
+    if raw["v"] == 1:
+        # A version-1 state has the baseline but no trend yet: keep what it learned.
+        for key in _TRENDS:
+            arrays[key] = np.zeros((TREND_SCALES, k))
+        for key in _GLOBAL:
+            arrays[key] = np.zeros(TREND_SCALES)
+    else:
+        for key, n in ((key, TREND_SCALES * k) for key in _TRENDS):
+            arr = _floats(raw.get(key), n)
+            if arr is None:
+                return None
+            arrays[key] = arr.reshape(TREND_SCALES, k)
+        for key in _GLOBAL:
+            arr = _floats(raw.get(key), TREND_SCALES)
+            if arr is None:
+                return None
+            arrays[key] = arr
+        for key in _SCALARS:
+            arr = _floats([raw.get(key)], 1)
+            if arr is None:
+                return None
+            scalars[key] = float(arr[0])
+    for key in ("pc_n", "pc_s", "pc_q"):
+        arrays.setdefault(key, np.zeros(k))
+    weights = [arrays[w] for w in ("w_mean", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n")]
     if any((w < 0).any() for w in weights) or (np.diag(arrays["cov"]) < 0).any():
         return None
-    return DeviceState(list(names), **ints, **arrays)
+    if (arrays["tr_q"] < 0).any() or (arrays["pc_q"] < 0).any() or scalars["pg_n"] < 0:
+        return None
+    return DeviceState(list(names), **ints, **arrays, **scalars)

@@ -161,7 +161,7 @@ def test_dump_state_is_small_versioned_json() -> None:
     names, t, x = device_arrays(fleet, chunk, 0)
     state, _ = score_device(None, names, t, x)
     raw = dump_state(state)
-    assert raw["v"] == 1
+    assert raw["v"] == 2
     assert raw["metrics"] == names
     text = json.dumps(raw, allow_nan=False)
     assert len(text) < 16_000
@@ -177,12 +177,16 @@ def test_dump_state_is_small_versioned_json() -> None:
         "state",
         [],
         {},
+        {"v": 3},
         {"v": 2},
         {"v": 1, "metrics": "a"},
         {"v": 1, "metrics": ["a", "a"]},
         "truncated",
         "non-finite",
         "negative-weight",
+        "truncated-trend",
+        "negative-trend-weight",
+        "pending-trend-not-a-number",
     ],
 )
 def test_load_state_rejects_foreign_or_malformed(raw: object) -> None:
@@ -193,7 +197,31 @@ def test_load_state_rejects_foreign_or_malformed(raw: object) -> None:
         raw = {**good, "mean": [0.0, float("nan")]}
     elif raw == "negative-weight":
         raw = {**good, "w_mean": [0.0, -1.0]}
+    elif raw == "truncated-trend":
+        raw = {**good, "tr_s": [0.0, 0.0, 0.0]}
+    elif raw == "negative-trend-weight":
+        raw = {**good, "tg_w": [1.0, -1.0]}
+    elif raw == "pending-trend-not-a-number":
+        raw = {**good, "pg_s": "0"}
     assert load_state(raw) is None
+
+
+def test_load_state_keeps_a_version_1_baseline_and_starts_its_trend() -> None:
+    fleet, chunk = simulate(1, 1.0, seed=6)
+    names, t, x = device_arrays(fleet, chunk, 0)
+    state, _ = score_device(None, names, t, x)
+    v1 = {
+        key: value
+        for key, value in dump_state(state).items()
+        if not key.startswith(("tr_", "tg_", "pc_", "pg_"))
+    }
+    v1["v"] = 1
+    old = load_state(v1)
+    assert old is not None
+    assert np.array_equal(old.cov, state.cov)
+    assert not old.tr_w.any()
+    _, scores = score_device(old, names, t[-1:] + 10_000, x[-1:])
+    assert scores.score.shape == (1,)
 
 
 def test_score_device_many_metrics_keep_variances_only_and_a_small_state() -> None:
