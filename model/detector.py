@@ -145,6 +145,7 @@ def _score_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorCo
     if not use.any():
         return _Run(score, top, cond_out, use, dev)
     z = np.where(use, (np.nan_to_num(x) - st.mean) / sd, 0.0)
+    z_slow = np.where(use, (np.nan_to_num(x) - st.slow) / sd, 0.0)
     corr = st.cov / np.outer(sd, sd)
     pair_ok = st.w_cov >= cfg.warmup_readings
     if k > MAX_FULL_COV:
@@ -175,10 +176,11 @@ def _score_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorCo
         score[rows] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
         dev[rows] = wh
         # g_j / sqrt(prec_jj): metric j's residual once the others have explained what they
-        # can (the standardised residual of regressing it on them), signed.
-        cond = g / np.sqrt(np.diag(prec))
-        cond_out[np.ix_(rows, idx)] = cond
-        top[rows] = idx[np.argmax(np.abs(cond), axis=1)]
+        # can (the standardised residual of regressing it on them). The trend takes it
+        # against the slow location, signed.
+        inv_sd = 1.0 / np.sqrt(np.diag(prec))
+        top[rows] = idx[np.argmax(np.abs(g) * inv_sd, axis=1)]
+        cond_out[np.ix_(rows, idx)] = (z_slow[np.ix_(rows, idx)] @ prec) * inv_sd
     return _Run(score, top, cond_out, use, dev)
 
 
@@ -227,7 +229,11 @@ def _fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
         st.cov = np.where(wc > 0, cov, 0.0)
         if len(st.names) > MAX_FULL_COV:
             st.cov = np.diag(np.diag(st.cov))
-        st.w_mean, st.w_cov = wm, wc
+        ws = dc * st.w_slow + st.p_w
+        st.slow = np.where(
+            ws > 0, (dc * st.w_slow * st.slow + st.p_x) / np.maximum(ws, 1e-300), 0.0
+        )
+        st.w_mean, st.w_slow, st.w_cov = wm, ws, wc
         a = np.exp(-dt / np.asarray(cfg.trend_taus_s))
         st.tr_w = a[:, None] * st.tr_w + st.pc_n
         st.tr_s = a[:, None] * st.tr_s + st.pc_s

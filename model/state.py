@@ -37,6 +37,8 @@ class DeviceState:
         folded: Bucket last folded into the baseline; decay runs on the time since then.
         mean: Robust running location per metric.
         w_mean: Time-decayed weight behind ``mean``.
+        slow, w_slow: The same location on the covariance's (long) time scale: the reference
+            the trend measures against, so a degradation is not absorbed within hours.
         cov: Running covariance of the (clipped) residuals.
         w_cov: Time-decayed weight behind each entry of ``cov``.
         p_w, p_x, p_s, p_n: Pending sums of the current bucket (weights, weighted values,
@@ -55,6 +57,8 @@ class DeviceState:
     folded: int
     mean: np.ndarray
     w_mean: np.ndarray
+    slow: np.ndarray
+    w_slow: np.ndarray
     cov: np.ndarray
     w_cov: np.ndarray
     p_w: np.ndarray
@@ -76,13 +80,8 @@ class DeviceState:
     def fresh(cls, names: Sequence[str], t_ms: int, bucket: int) -> DeviceState:
         """Return an empty baseline for ``names`` starting at ``t_ms``."""
         k = len(names)
-        z1, z2, zt = np.zeros(k), np.zeros((k, k)), np.zeros((TREND_SCALES, k))
-        return cls(
-            list(names), t_ms, t_ms, bucket, bucket,
-            z1.copy(), z1.copy(), z2.copy(), z2.copy(), z1.copy(), z1.copy(), z2.copy(), z2.copy(),
-            zt.copy(), zt.copy(), zt.copy(), np.zeros(TREND_SCALES), np.zeros(TREND_SCALES),
-            z1.copy(), z1.copy(), z1.copy(),
-        )  # fmt: skip
+        arrays = {key: np.zeros(_shape(key, k)) for key in _ARRAYS}
+        return cls(list(names), t_ms, t_ms, bucket, bucket, **arrays)
 
     def copy(self) -> DeviceState:
         """Return a deep copy (the detector never modifies the state it was given)."""
@@ -128,14 +127,29 @@ class DeviceState:
         return bool(scalars) and all(bool(np.isfinite(getattr(self, a)).all()) for a in _ARRAYS)
 
 
-_VECTORS = ("mean", "w_mean", "p_w", "p_x", "pc_n", "pc_s", "pc_q")
+_VECTORS = ("mean", "w_mean", "slow", "w_slow", "p_w", "p_x", "pc_n", "pc_s", "pc_q")
 _MATRICES = ("cov", "w_cov", "p_s", "p_n")
 _TRENDS = ("tr_w", "tr_s", "tr_q")
 _GLOBAL = ("tg_w", "tg_s")
 # Constructor order of the array fields (after names and the integers).
-_ARRAYS = ("mean", "w_mean", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n", *_TRENDS, *_GLOBAL,
-           "pc_n", "pc_s", "pc_q")  # fmt: skip
+_ARRAYS = (
+    *("mean", "w_mean", "slow", "w_slow", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n"),
+    *(*_TRENDS, *_GLOBAL, "pc_n", "pc_s", "pc_q"),
+)
 _INTS = ("t_first", "t_last", "bucket", "folded")
+_NEW_IN_V2 = ("slow", "w_slow", "pc_n", "pc_s", "pc_q")
+
+
+def _shape(key: str, k: int) -> tuple[int, ...]:
+    if key in _MATRICES:
+        return (k, k)
+    if key in _TRENDS:
+        return (TREND_SCALES, k)
+    if key in _GLOBAL:
+        return (TREND_SCALES,)
+    return (k,)
+
+
 _SCALARS = ("pg_n", "pg_s")
 
 
@@ -212,7 +226,7 @@ def load_state(raw: object) -> DeviceState | None:
         ints[key] = value
     arrays: dict[str, np.ndarray] = {}
     for key in _VECTORS:
-        if raw["v"] == 1 and key.startswith("pc_"):
+        if raw["v"] == 1 and key in _NEW_IN_V2:
             continue
         arr = _floats(raw.get(key), k)
         if arr is None:
@@ -247,9 +261,13 @@ def load_state(raw: object) -> DeviceState | None:
             if arr is None:
                 return None
             scalars[key] = float(arr[0])
-    for key in ("pc_n", "pc_s", "pc_q"):
+    for key in _NEW_IN_V2:
         arrays.setdefault(key, np.zeros(k))
-    weights = [arrays[w] for w in ("w_mean", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n")]
+    if raw["v"] == 1:
+        arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
+    weights = [
+        arrays[w] for w in ("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n")
+    ]
     if any((w < 0).any() for w in weights) or (np.diag(arrays["cov"]) < 0).any():
         return None
     if (arrays["tr_q"] < 0).any() or (arrays["pc_q"] < 0).any() or scalars["pg_n"] < 0:
