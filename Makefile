@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo eventhubs bench model-serve
+.PHONY: help setup test lint fmt unit clean demo eventhubs bench model model-serve model-report
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C sto
 # azmlinfsrv 1.5.1 has no --host and binds 0.0.0.0; this runs its own CLI with the host set to
 # loopback (the same launcher as tests/support/azmlinfsrv.py).
 AZMLINFSRV := $(PY) -c "import azureml_inference_server_http.amlserver as s; s.DEFAULT_HOST = '127.0.0.1'; s.run()"
+
+model: $(STAMP) ## Train the failure predictor into model/artifacts/ (deterministic, seeded)
+	@test -f data/train/manifest.json || $(PY) -m simulator generate --devices 60 --days 20 --seed 101 --out data/train
+	@$(PY) -m model.train --data data/train --out model/artifacts --seed 0
+
+model-report: $(STAMP) ## Evaluate the model and two baselines on a held-out fleet
+	@$(PY) -m model.evaluate --model model/artifacts --out model/reports
 
 model-serve: $(STAMP) ## Serve model/score.py with azmlinfsrv on 127.0.0.1:5001 (Ctrl-C stops it)
 	@mkdir -p model/artifacts
