@@ -1,52 +1,33 @@
-"""An in-memory Power BI push dataset that enforces the documented push-dataset limits.
+"""An in-memory Power BI push dataset for the sink's tests, on the dashboard's own limit logic.
 
-It implements the sink's `Transport` (url, body, headers → status, headers, body), so a test
-can hand it to `PowerBISink` directly, or serve it over real HTTP with `serve()`. Every broken
-limit is answered the way Power BI answers it (429 + `Retry-After` for rate limits, 400 with
-an `{"error": {"code", "message"}}` body for bad requests) and recorded in `violations`, so a
-test can assert that a well-behaved client never needed refusing.
-
-Limits (learn.microsoft.com/power-bi/developer/embedded/push-datasets-limitations):
-10,000 rows per POST; 120 POSTs per minute; 5 pending POSTs; 1,000,000 rows per hour;
-120 POSTs per hour once a table holds 250,000 rows; 200,000 rows kept per table under
-`basicFIFO`; 4,000 characters per string value.
+The rules (URL shapes, bearer token and push key, Power BI's documented push limits and their
+400/429 answers) live in the product, `dashboard.pushapi` and `dashboard.limits`; this adapter
+keeps rows in memory, implements the sink's `Transport` (url, body, headers → status, headers,
+body) so a test hands it to `PowerBISink` directly or serves it with `serve()`, and adds what a
+test needs: a fake clock, scripted answers, an outage switch, and a record of what it saw.
+Every broken limit is recorded in `violations`, so a test can assert that a well-behaved client
+never needed refusing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
+from dashboard.limits import Limits, PushError, RateGate, parse_rows
+from dashboard.pushapi import check_bearer, check_key, parse_route
+
 __all__ = ["Limits", "PowerBIStandIn", "serve"]
 
-_REST = re.compile(r"/v1\.0/myorg(?:/groups/([^/]+))?/datasets/([^/]+)/tables/([^/]+)/rows")
-_PUSH = re.compile(r"/beta/([^/]+)/datasets/([^/]+)/rows")
+Reply = tuple[int, dict[str, str], bytes]
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The documented push-dataset limits; tests may tighten them."""
-
-    rows_per_post: int = 10_000
-    posts_per_minute: int = 120
-    pending_posts: int = 5
-    rows_per_hour: int = 1_000_000
-    big_table_rows: int = 250_000
-    big_table_posts_per_hour: int = 120
-    fifo_rows: int = 200_000
-    string_chars: int = 4000
-
-
-@dataclass
 class PowerBIStandIn:
     """One push dataset with named tables; `clock` is the same (fake) clock the sink uses.
 
@@ -54,98 +35,71 @@ class PowerBIStandIn:
     URL's dataset id to the table it writes (`key` must equal `push_key`).
     """
 
-    clock: Callable[[], float]
-    tables: tuple[str, ...] = ("DeviceAggregates", "Anomalies")
-    dataset_id: str = "ds-1"
-    token: str = "token-1"
-    push_key: str = "key-1"
-    push_tables: dict[str, str] = field(default_factory=dict)
-    retention: str = "basicFIFO"
-    limits: Limits = field(default_factory=Limits)
-    violations: list[str] = field(default_factory=list)
-    scripted: deque[tuple[int, dict[str, str], bytes]] = field(default_factory=deque)
-    down: bool = False
-    received: dict[str, list[dict[str, object]]] = field(default_factory=dict)
-    stored: dict[str, deque[dict[str, object]]] = field(default_factory=dict)
-    post_times: list[float] = field(default_factory=list)
-    row_log: list[tuple[float, int]] = field(default_factory=list)
-    peak_pending: int = 0
-    _pending: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        tables: tuple[str, ...] = ("DeviceAggregates", "Anomalies"),
+        dataset_id: str = "ds-1",
+        token: str = "token-1",
+        push_key: str = "key-1",
+        push_tables: dict[str, str] | None = None,
+        retention: str = "basicFIFO",
+        limits: Limits | None = None,
+        down: bool = False,
+    ) -> None:
+        self.clock, self.dataset_id, self.token, self.push_key = clock, dataset_id, token, push_key
+        self.push_tables = push_tables or {}
+        self.retention, self.limits, self.down = retention, limits or Limits(), down
+        self.violations: list[str] = []
+        self.scripted: deque[Reply] = deque()
+        self.received: dict[str, list[dict[str, object]]] = {t: [] for t in tables}
+        self.stored: dict[str, deque[dict[str, object]]] = {t: deque() for t in tables}
+        self.post_times: list[float] = []  # every admitted POST, never pruned
+        self.row_log: list[tuple[float, int]] = []
+        self._gate = RateGate(self.limits)
+        self._lock = threading.Lock()
 
-    def __post_init__(self) -> None:
-        for name in self.tables:
-            self.received[name] = []
-            self.stored[name] = deque()
+    @property
+    def peak_pending(self) -> int:
+        """The most POSTs that were in flight at once."""
+        return self._gate.peak_pending
 
-    def __call__(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
+    def __call__(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         """Answer one POST rows request as Power BI would."""
         if self.down:
             raise requests.ConnectionError("stand-in is down")
-        with self._lock:
-            self._pending += 1
-            self.peak_pending = max(self.peak_pending, self._pending)
         try:
-            return self._answer(url, body, {k.lower(): v for k, v in headers.items()})
-        finally:
-            with self._lock:
-                self._pending -= 1
+            with self._gate.pending():
+                return self._answer(url, body, {k.lower(): v for k, v in headers.items()})
+        except PushError as exc:
+            if exc.limit:
+                self.violations.append(exc.message)
+            return exc.reply()
 
-    def _answer(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _answer(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         parts = urlsplit(url)
-        rest, push = _REST.fullmatch(parts.path), _PUSH.fullmatch(parts.path)
-        if rest:
-            dataset, table, bare = unquote(rest.group(2)), unquote(rest.group(3)), False
-            auth = headers.get("authorization", "")
-            if not auth.startswith("Bearer "):
-                return _error(401, "PowerBINotAuthorizedException", "no bearer token")
-            if auth != f"Bearer {self.token}":
-                return _error(403, "TokenExpired", "access token is not valid")
-        elif push:
-            dataset, bare = unquote(push.group(2)), True
-            table = self.push_tables.get(dataset, "")
-            if parse_qs(parts.query).get("key") != [self.push_key]:
-                return _error(403, "Unauthorized", "key is missing or wrong")
+        route = parse_route(parts.path)
+        if route is None or route.kind not in ("rows", "push"):
+            raise PushError(404, "NotFound", "unknown path")
+        bare = route.kind == "push"
+        if bare:
+            check_key(parts.query, self.push_key)
+            table = self.push_tables.get(route.dataset_id, "")
         else:
-            return _error(404, "NotFound", "unknown path")
-        if (dataset != self.dataset_id and not bare) or table not in self.stored:
-            return _error(404, "ItemNotFound", f"table {table!r} not found")
+            check_bearer(headers, self.token)
+            table = route.table
+        if (route.dataset_id != self.dataset_id and not bare) or table not in self.stored:
+            raise PushError(404, "ItemNotFound", f"table {table!r} not found")
         with self._lock:
-            if self._pending > self.limits.pending_posts:
-                return self._refuse("more than 5 pending POST requests")
             now = self.clock()
-            recent = [t for t in self.post_times if t > now - 60.0]
-            if len(recent) >= self.limits.posts_per_minute:
-                return self._refuse("more than 120 POST rows requests in a minute")
             big = any(len(rows) >= self.limits.big_table_rows for rows in self.stored.values())
-            hour = [t for t in self.post_times if t > now - 3600.0]
-            if big and len(hour) >= self.limits.big_table_posts_per_hour:
-                return self._refuse("more than 120 POSTs in an hour on a 250,000-row table")
+            self._gate.admit_post(now, big_table=big)
             self.post_times.append(now)
             if self.scripted:
                 return self.scripted.popleft()
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                return self._reject("body is not JSON")
-            rows = doc if bare else doc.get("rows") if isinstance(doc, dict) else None
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                return self._reject("body must carry an array of row objects")
-            if len(rows) > self.limits.rows_per_post:
-                return self._reject(f"{len(rows)} rows in one POST; at most 10,000")
-            if any(
-                isinstance(v, str) and len(v) > self.limits.string_chars
-                for r in rows
-                for v in r.values()
-            ):
-                return self._reject("a string value is longer than 4,000 characters")
-            added = sum(n for t, n in self.row_log if t > now - 3600.0)
-            if added + len(rows) > self.limits.rows_per_hour:
-                return self._refuse("more than 1,000,000 rows added in an hour")
+            rows = parse_rows(body, bare=bare, limits=self.limits)
+            self._gate.admit_rows(now, len(rows))
             self.row_log.append((now, len(rows)))
             self.received[table].extend(rows)
             stored = self.stored[table]
@@ -153,20 +107,6 @@ class PowerBIStandIn:
             while self.retention == "basicFIFO" and len(stored) > self.limits.fifo_rows:
                 stored.popleft()
             return 200, {}, b""
-
-    def _refuse(self, why: str) -> tuple[int, dict[str, str], bytes]:
-        self.violations.append(why)
-        status, _, body = _error(429, "TooManyRequests", why)
-        return status, {"Retry-After": "60"}, body
-
-    def _reject(self, why: str) -> tuple[int, dict[str, str], bytes]:
-        self.violations.append(why)
-        return _error(400, "InvalidRequest", why)
-
-
-def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], bytes]:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return status, {"Content-Type": "application/json; charset=utf-8"}, body
 
 
 @contextlib.contextmanager

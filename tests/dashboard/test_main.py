@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cli_help_lists_the_options():
+    out = subprocess.run(
+        [sys.executable, "-m", "dashboard", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--port", "--db", "--key", "--interval"):
+        assert option in out
+
+
+def test_cli_logs_its_url_serves_healthz_and_stops_on_sigterm(tmp_path):
+    db = tmp_path / "cli.sqlite3"
+    env = {**os.environ, "DASHBOARD_KEY": "from-env"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", "--port", "0", "--db", str(db)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any("serving http://" in line for line in lines), timeout=15)
+        url = re.search(r"serving (http://127\.0\.0\.1:\d+)/", "".join(lines)).group(1)
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        listed = requests.get(
+            f"{url}/v1.0/myorg/datasets", headers={"Authorization": "Bearer from-env"}, timeout=5
+        )
+        assert [d["name"] for d in listed.json()["value"]] == ["fleetscore"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        reader.join(5)
+        proc.stderr.close()
+    assert db.exists()
+    assert "dashboard stopped" in "".join(lines)
+    assert "from-env" not in "".join(lines)
