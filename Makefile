@@ -23,7 +23,16 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-setup: $(STAMP) node_modules/.package-lock.json ## Create .venv and install Python and npm packages
+setup: $(STAMP) node_modules/.package-lock.json chromium ## Create .venv and install Python and npm packages
+
+.PHONY: chromium
+chromium: ## Install Debian's Chromium for the browser test if /usr/bin/chromium is missing
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+		else echo "/usr/bin/chromium is missing and this user cannot apt-get: run 'sudo apt-get install -y chromium' (the browser test drives it)"; exit 1; fi; \
+		echo "==> installing Debian's chromium for the browser test ($${SUDO:+sudo }apt-get install -y chromium)"; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 lint: $(STAMP) ## ruff: lint and format check
 	@echo "==> ruff"
