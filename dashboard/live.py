@@ -25,7 +25,7 @@ RISK_THRESHOLD = 0.5
 """A device is at risk when its latest window is maintenance_due or its failure
 probability is at least this."""
 
-_FEED, _ANOMALY_WINDOW, _WINDOWS_KEPT = 50, 300.0, 8
+_FEED, _FLEET_SHOWN, _ANOMALY_WINDOW, _WINDOWS_KEPT = 50, 200, 300.0, 8
 
 
 def at_risk(row: dict[str, Any]) -> bool:
@@ -72,7 +72,7 @@ class FleetView:
             self.version += 1
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """KPIs, the fleet sorted by failure risk (riskiest first) and the anomaly feed."""
+        """KPIs, the fleet sorted by failure risk (the riskiest 200) and the anomaly feed."""
         with self._lock:
             while self._anomaly_times and self._anomaly_times[0] < now - _ANOMALY_WINDOW:
                 self._anomaly_times.popleft()
@@ -88,7 +88,7 @@ class FleetView:
                     "devices": len(fleet),
                     "window_start": newest,
                 },
-                "fleet": [{**row, "at_risk": at_risk(row)} for row in fleet],
+                "fleet": [{**row, "at_risk": at_risk(row)} for row in fleet[:_FLEET_SHOWN]],
                 "anomalies": list(self._feed),
             }
 
@@ -125,6 +125,11 @@ class Hub:
         with self._changed:
             self._changed.wait_for(lambda: self.version != seen or self.closed, timeout)
             return self.version
+
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds` unless the hub closes first (streams coalesce bursts of changes)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed, seconds)
 
     def close(self) -> None:
         """Release every stream (the server is stopping)."""

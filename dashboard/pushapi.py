@@ -194,8 +194,8 @@ class PushApi:
 
     def _dataset(self, route: Route) -> Dataset:
         dataset = self.store.get_dataset(route.dataset_id)
-        wrong_place = route.kind != "push" and dataset and dataset.workspace != route.workspace
-        if dataset is None or wrong_place:
+        # A push URL names a tenant, not a workspace; REST paths must name the dataset's own.
+        if dataset is None or (route.kind != "push" and dataset.workspace != route.workspace):
             raise _not_found(f"dataset {route.dataset_id!r}")
         return dataset
 

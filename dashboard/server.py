@@ -42,6 +42,7 @@ _FILES = {
 }
 _MAX_BODY = 32 * 1024 * 1024
 _SERIES_POINTS = 240
+_MIN_GAP = 0.25
 
 
 class DashboardServer:
@@ -187,6 +188,7 @@ def _handler_for(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(f"event: snapshot\ndata: {data}\n\n".encode())
                     self.wfile.flush()
                     seen = version
+                    app.hub.pause(_MIN_GAP)  # at most a few snapshots a second per page
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the page went away
 

@@ -229,3 +229,25 @@ def test_rows_survive_a_restart(make_dashboard, tmp_path):
     snapshot = requests.get(f"{again.url}/api/snapshot", timeout=5).json()
     assert [d["device_id"] for d in snapshot["fleet"]] == ["pump-0009"]
     assert snapshot["kpis"]["devices_at_risk"] == 1
+
+
+def test_a_dataset_without_fifo_keeps_every_row_and_slows_to_the_big_table_rate(make_dashboard):
+    server = make_dashboard(limits=Limits(big_table_rows=3, big_table_posts_per_hour=3))
+    created = requests.post(
+        f"{server.url}/v1.0/myorg/datasets?defaultRetentionPolicy=None",
+        json={
+            "name": "raw",
+            "tables": [{"name": "T", "columns": [{"name": "v", "dataType": "Int64"}]}],
+        },
+        headers=AUTH,
+        timeout=5,
+    ).json()
+    url = f"{server.url}/v1.0/myorg/datasets/{created['id']}/tables/T/rows"
+    statuses = [
+        requests.post(url, json={"rows": [{"v": i}, {"v": i}]}, headers=AUTH, timeout=5).status_code
+        for i in range(4)
+    ]
+    # 2 rows, then 4 (now a "big" table): the third POST of the hour is the last one allowed.
+    assert statuses == [200, 200, 200, 429]
+    assert server.store.table_rows(created["id"], "T") == 6
+    assert requests.post(rows_url(server), json={"rows": [agg("d")]}, headers=AUTH, timeout=5).ok
