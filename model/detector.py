@@ -29,14 +29,26 @@ How it works, and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
 
-from model.state import MAX_FULL_COV, TREND_SCALES, DeviceState
+from model.state import _ARRAYS, _INTS, _SCALARS, MAX_FULL_COV, TREND_SCALES, DeviceState
 
-__all__ = ["DetectorConfig", "DeviceScores", "score_device", "trend_feature_names"]
+__all__ = [
+    "DetectorConfig",
+    "DeviceScores",
+    "score_device",
+    "score_devices",
+    "trend_feature_names",
+]
+
+_PENDING = ("p_w", "p_x", "p_s", "p_n", "pc_n", "pc_s", "pc_q", "pg_n", "pg_s")
+# What a fold reads: every array and pending scalar, and the buckets.
+_FOLD_IN = (*_ARRAYS, "pg_n", "pg_s", "bucket", "folded")
 
 
 @dataclass(frozen=True)
@@ -108,144 +120,502 @@ def trend_feature_names(names: list[str]) -> list[str]:
     return out
 
 
-def _features(st: DeviceState, cfg: DetectorConfig) -> tuple[np.ndarray, bool]:
-    """The trend features of ``st`` as one vector, and whether they are ready."""
-    w = np.maximum(st.tr_w, 1e-300)
-    mean = np.where(st.tr_w > 0, st.tr_s / w, 0.0)
-    rms = np.sqrt(np.where(st.tr_w > 0, st.tr_q / w, 0.0))
-    dev = np.where(st.tg_w > 0, st.tg_s / np.maximum(st.tg_w, 1e-300), 0.0)
+class _Rows(NamedTuple):
+    """A group's readings, ordered by round (then device), with what is known before scoring."""
+
+    dev: np.ndarray  # (N,) device (index into the group) of each row
+    t: np.ndarray  # (N,) reading time, ms
+    x: np.ndarray  # (N, k) value, 0 where missing
+    present: np.ndarray  # (N, k) the metric was reported (finite)
+    ready: np.ndarray  # (N,) the baseline is old enough to score this reading
+    run: np.ndarray  # (N,) index of the row's run (one device's bucket) in ``run_*``
+    run_start: np.ndarray  # (R,) first row of each run
+    run_dev: np.ndarray  # (R,) device of each run
+    run_bucket: np.ndarray  # (R,) effective bucket of each run
+    round_rows: list[int]  # row boundaries of the rounds
+    round_runs: list[int]  # run boundaries of the rounds
+
+
+def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
+    """Stack the states of one group along a leading device axis (a copy: inputs stay intact)."""
+    g = {key: np.stack([getattr(s, key) for s in states]) for key in _ARRAYS}
+    for key in _INTS:
+        g[key] = np.array([getattr(s, key) for s in states], dtype=np.int64)
+    for key in _SCALARS:
+        g[key] = np.array([getattr(s, key) for s in states], dtype=float)
+    return g
+
+
+def _fold(
+    g: dict[str, np.ndarray], f: np.ndarray, new_bucket: np.ndarray, k: int, cfg: DetectorConfig
+) -> None:
+    """Learn the pending buckets of devices ``f`` into their baselines, then move them on.
+
+    Decayed by the time since each device's last fold; a device with nothing pending only
+    moves to its new bucket.
+    """
+    d = f[g["p_w"][f].any(axis=1)]
+    if d.size:
+        every = d.size == g["p_w"].shape[0]
+        sel: slice | np.ndarray = slice(None) if every else d
+        v = {key: g[key][sel] for key in _FOLD_IN}
+        dt = np.maximum(0, v["bucket"] - v["folded"]) * cfg.bucket_s
+        dl = np.exp(-dt / cfg.tau_location_s)[:, None]
+        dc = np.exp(-dt / cfg.tau_scale_s)[:, None]
+        wm = dl * v["w_mean"] + v["p_w"]
+        mean = np.where(
+            wm > 0, (dl * v["w_mean"] * v["mean"] + v["p_x"]) / np.maximum(wm, 1e-300), 0
+        )
+        dcm = dc[:, :, None]
+        wc = dcm * v["w_cov"] + v["p_n"]
+        cov = (dcm * v["w_cov"] * v["cov"] + v["p_s"]) / np.maximum(wc, 1e-300)
+        cov = np.where(wc > 0, cov, 0.0)
+        if k > MAX_FULL_COV:
+            cov = np.where(np.eye(k, dtype=bool), cov, 0.0)
+        ws = dc * v["w_slow"] + v["p_w"]
+        slow = np.where(
+            ws > 0, (dc * v["w_slow"] * v["slow"] + v["p_x"]) / np.maximum(ws, 1e-300), 0.0
+        )
+        a = np.exp(-dt[:, None] / np.asarray(cfg.trend_taus_s))
+        a3 = a[:, :, None]
+        new = {
+            "mean": mean, "w_mean": wm, "slow": slow, "w_slow": ws, "cov": cov, "w_cov": wc,
+            "tr_w": a3 * v["tr_w"] + v["pc_n"][:, None, :],
+            "tr_s": a3 * v["tr_s"] + v["pc_s"][:, None, :],
+            "tr_q": a3 * v["tr_q"] + v["pc_q"][:, None, :],
+            "tg_w": a * v["tg_w"] + v["pg_n"][:, None],
+            "tg_s": a * v["tg_s"] + v["pg_s"][:, None],
+            "folded": v["bucket"],
+        }  # fmt: skip
+        for key, value in new.items():
+            g[key][sel] = value
+        for key in _PENDING:
+            g[key][sel] = 0.0
+    g["bucket"][f] = new_bucket
+
+
+def _features(
+    g: dict[str, np.ndarray], sel: slice | np.ndarray, cfg: DetectorConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The trend features of devices ``sel`` as rows, and whether each is ready."""
+    tr_w, tg_w = g["tr_w"][sel], g["tg_w"][sel]
+    w = np.maximum(tr_w, 1e-300)
+    mean = np.where(tr_w > 0, g["tr_s"][sel] / w, 0.0)
+    rms = np.sqrt(np.where(tr_w > 0, g["tr_q"][sel] / w, 0.0))
+    dev = np.where(tg_w > 0, g["tg_s"][sel] / np.maximum(tg_w, 1e-300), 0.0)
     parts: list[np.ndarray] = []
     for s in range(TREND_SCALES):
-        parts += [mean[s], rms[s], dev[s : s + 1]]
-    return np.concatenate(parts), bool(st.tg_w[-1] >= cfg.warmup_readings)
+        parts += [mean[:, s], rms[:, s], dev[:, s : s + 1]]
+    return np.concatenate(parts, axis=1), tg_w[:, -1] >= cfg.warmup_readings
 
 
-class _Run(NamedTuple):
-    score: np.ndarray  # (n,)
-    top: np.ndarray  # (n,)
-    cond: np.ndarray  # (n, k) signed conditional residual, 0 where not scored
-    used: np.ndarray  # (n, k) which metrics were scored
-    dev: np.ndarray  # (n,) calibrated deviate, NaN where nothing was scored
+def _patterns(use: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group the rows of ``use`` by which metrics they score: ``(metric indices, rows)`` pairs.
+
+    Each missing-metric pattern needs its own marginal precision; most rows share one.
+    """
+    n, k = use.shape
+    if use.all():
+        return [(np.arange(k), np.arange(n))]
+    if k <= 64:
+        packed = np.packbits(use, axis=1)
+        codes = np.zeros((n, 8), dtype=np.uint8)
+        codes[:, : packed.shape[1]] = packed
+        _, first, inverse = np.unique(
+            codes.view(np.uint64)[:, 0], return_index=True, return_inverse=True
+        )
+    else:
+        _, first, inverse = np.unique(use, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse)).tolist()
+    out = []
+    for pi, (s, e) in enumerate(zip([0, *bounds[:-1]], bounds, strict=True)):
+        idx = np.flatnonzero(use[first[pi]])
+        if idx.size:
+            out.append((idx, order[s:e]))
+    return out
 
 
-def _score_run(st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorConfig) -> _Run:
-    """Score the readings ``x`` (n, k; NaN = missing) of one bucket against the baseline."""
-    n, k = x.shape
+def _times(zs: np.ndarray, dev: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Rows ``zs`` (2, n, m) times their device's matrix ``prec[dev]``; rows sorted by device.
+
+    One matrix product per device (a stacked matmul, rows padded to the longest run), as the
+    per-device reference did: the same BLAS kernel, so the same rounding. Einsum per row when
+    the runs are too uneven for padding to pay.
+    """
+    n = dev.shape[0]
+    u = prec.shape[0]
+    counts = np.bincount(dev, minlength=u)
+    longest = int(counts.max())
+    if u * longest == n:
+        padded = zs.reshape(2, u, longest, -1)
+        return np.matmul(padded, prec).reshape(zs.shape)
+    if u * longest > 2 * n + 64:
+        return np.einsum("snm,nmj->snj", zs, prec[dev])
+    pos = np.arange(n) - (np.cumsum(counts) - counts)[dev]
+    padded = np.zeros((2, u, longest, zs.shape[2]))
+    padded[:, dev, pos] = zs
+    return np.matmul(padded, prec)[:, dev, pos]
+
+
+def _score_round(
+    g: dict[str, np.ndarray],
+    sel: slice | np.ndarray,
+    rows: _Rows,
+    lo: int,
+    hi: int,
+    ri: np.ndarray,
+    cfg: DetectorConfig,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Score rows ``lo:hi`` (one run per device ``sel``) against the baselines.
+
+    Returns score, top, conditional residual, used, calibrated deviate (NaN where nothing was
+    scored) and the per-device standard deviations (the learning step clips with them).
+    """
+    n = hi - lo
+    mean, cov, w_cov = g["mean"][sel], g["cov"][sel], g["w_cov"][sel]
+    var = np.diagonal(cov, axis1=1, axis2=2)
+    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
     score = np.zeros(n)
     top = np.full(n, -1, dtype=np.int64)
-    cond_out = np.zeros((n, k))
+    cond = np.zeros((n, k))
     dev = np.full(n, np.nan)
-    present = ~np.isnan(x)
-    var = np.diag(st.cov)
-    floor = (1e-4 * np.abs(st.mean) + 1e-6) ** 2
-    sd = np.sqrt(np.maximum(var, 0.0) + floor)
-    warm = np.minimum(np.diag(st.w_cov), st.w_mean) >= cfg.warmup_readings
-    ready = (t_ms - st.t_first) >= cfg.warmup_s * 1000.0
-    use = present & warm[None, :] & ready[:, None]
+    warm = np.minimum(np.diagonal(w_cov, axis1=1, axis2=2), g["w_mean"][sel]) >= cfg.warmup_readings
+    use = rows.present[lo:hi] & warm[ri] & rows.ready[lo:hi, None]
     if not use.any():
-        return _Run(score, top, cond_out, use, dev)
-    z = np.where(use, (np.nan_to_num(x) - st.mean) / sd, 0.0)
-    z_slow = np.where(use, (np.nan_to_num(x) - st.slow) / sd, 0.0)
-    corr = st.cov / np.outer(sd, sd)
-    pair_ok = st.w_cov >= cfg.warmup_readings
-    if k > MAX_FULL_COV:
-        pair_ok = np.eye(k, dtype=bool)
+        return score, top, cond, use, dev, sd
+    x = rows.x[lo:hi]
+    sd_r = sd[ri]
+    z = np.where(use, (x - mean[ri]) / sd_r, 0.0)
+    z_slow = np.where(use, (x - g["slow"][sel][ri]) / sd_r, 0.0)
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    pair_ok = w_cov >= cfg.warmup_readings if k <= MAX_FULL_COV else np.eye(k, dtype=bool)
     corr = np.where(pair_ok, corr, 0.0)
-    np.fill_diagonal(corr, 1.0)
+    diag = np.arange(k)
+    corr[:, diag, diag] = 1.0
     corr = (1.0 - cfg.shrinkage) * corr + cfg.shrinkage * np.eye(k)
-    patterns, inverse = np.unique(use, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    for pi, pattern in enumerate(patterns):
-        idx = np.flatnonzero(pattern)
-        if idx.size == 0:
-            continue
-        rows = np.flatnonzero(inverse == pi)
-        sub = corr[np.ix_(idx, idx)]
-        if not np.isfinite(sub).all():
-            continue  # an overflowed baseline; the state is reset after this batch
+    slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
+    for idx, pr in _patterns(use):
+        dp = ri[pr]
+        first = np.empty(dp.size, dtype=bool)
+        first[0] = True
+        np.not_equal(dp[1:], dp[:-1], out=first[1:])
+        u = dp[first]
+        uinv = np.cumsum(first) - 1
+        m = idx.size
+        sub = corr[u] if m == k else corr[np.ix_(u, idx, idx)]
+        finite = np.isfinite(sub).all(axis=(1, 2))
+        if not finite.all():
+            # An overflowed baseline: not scored; the state is reset after this batch.
+            keep = finite[uinv]
+            pr, uinv = pr[keep], (np.cumsum(finite) - 1)[uinv[keep]]
+            sub = sub[finite]
+            if not pr.size:
+                continue
         lam, vec = np.linalg.eigh(sub)
         lam = np.maximum(lam, cfg.eigen_floor)
-        prec = (vec / lam) @ vec.T
-        zs = z[np.ix_(rows, idx)]
-        g = zs @ prec
-        dist2 = np.einsum("ij,ij->i", g, zs)
-        p = float(idx.size)
+        prec = (vec / lam[:, None, :]) @ vec.transpose(0, 2, 1)
+        full = m == k
+        zs = z[pr] if full else z[np.ix_(pr, idx)]
+        zs_slow = z_slow[pr] if full else z_slow[np.ix_(pr, idx)]
+        gg, cs = _times(np.stack([zs, zs_slow]), uinv, prec)
+        dist2 = np.einsum("ij,ij->i", gg, zs)
+        p = float(m)
         c = 2.0 / (9.0 * p)
         wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
-        slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
-        score[rows] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
-        dev[rows] = wh
+        score[pr] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
+        dev[pr] = wh
         # g_j / sqrt(prec_jj): metric j's residual once the others have explained what they
         # can (the standardised residual of regressing it on them). The trend takes it
         # against the slow location, signed.
-        inv_sd = 1.0 / np.sqrt(np.diag(prec))
-        top[rows] = idx[np.argmax(np.abs(g) * inv_sd, axis=1)]
-        cond_out[np.ix_(rows, idx)] = (z_slow[np.ix_(rows, idx)] @ prec) * inv_sd
-    return _Run(score, top, cond_out, use, dev)
+        inv_sd = (1.0 / np.sqrt(np.diagonal(prec, axis1=1, axis2=2)))[uinv]
+        top[pr] = idx[np.argmax(np.abs(gg) * inv_sd, axis=1)]
+        cs = cs * inv_sd
+        if full:
+            cond[pr] = cs
+        else:
+            cond[np.ix_(pr, idx)] = cs
+    return score, top, cond, use, dev, sd
 
 
-def _learn_run(
-    st: DeviceState, x: np.ndarray, t_ms: np.ndarray, run: _Run, cfg: DetectorConfig
+def _learn_round(
+    g: dict[str, np.ndarray],
+    sel: slice | np.ndarray,
+    rows: _Rows,
+    lo: int,
+    hi: int,
+    ri: np.ndarray,
+    starts: np.ndarray,
+    scored: tuple[np.ndarray, ...],
+    cfg: DetectorConfig,
+    k: int,
 ) -> None:
-    """Add one bucket's readings to the pending sums, clipped once the baseline is trusted.
+    """Add each device's run to its pending sums, clipped once the baseline is trusted.
 
     During the warm-up nothing is clipped: a baseline that first saw the machine stopped must
     still learn what running looks like, not treat it as an anomaly forever.
     """
-    present = ~np.isnan(x)
-    var = np.diag(st.cov)
-    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(st.mean) + 1e-6) ** 2)
-    warm = np.diag(st.w_cov) >= cfg.warmup_readings
-    ready = (t_ms - st.t_first) >= cfg.warmup_s * 1000.0
-    r = np.nan_to_num(x) - st.mean
-    lim = cfg.huber * sd
-    r = np.where(warm[None, :] & ready[:, None], np.clip(r, -lim, lim), r)
+    _, _, cond, used, dev, sd = scored
+    mean = g["mean"][sel]
+    present = rows.present[lo:hi]
+    warm = np.diagonal(g["w_cov"][sel], axis1=1, axis2=2) >= cfg.warmup_readings
+    mean_r = mean[ri]
+    r = rows.x[lo:hi] - mean_r
+    lim = (cfg.huber * sd)[ri]
+    r = np.where(warm[ri] & rows.ready[lo:hi, None], np.clip(r, -lim, lim), r)
     r = np.where(present, r, 0.0)
     pf = present.astype(float)
-    st.p_w += pf.sum(axis=0)
-    st.p_x += (pf * (st.mean + r)).sum(axis=0)
-    st.p_s += r.T @ r
-    st.p_n += pf.T @ pf
-    c = np.clip(run.cond, -cfg.trend_clip, cfg.trend_clip)
-    st.pc_n += run.used.sum(axis=0)
-    st.pc_s += c.sum(axis=0)
-    st.pc_q += (c * c).sum(axis=0)
-    scored = np.isfinite(run.dev)
-    st.pg_n += float(scored.sum())
-    st.pg_s += float(np.clip(run.dev[scored], -cfg.trend_clip, cfg.trend_clip).sum())
+    c = np.clip(cond, -cfg.trend_clip, cfg.trend_clip)
+    ok = np.isfinite(dev)
+    per_row = np.concatenate(
+        [
+            pf,
+            pf * (mean_r + r),
+            used,
+            c,
+            c * c,
+            ok[:, None],
+            np.where(ok, np.clip(dev, -cfg.trend_clip, cfg.trend_clip), 0.0)[:, None],
+        ],
+        axis=1,
+    )
+    n = hi - lo
+    a = starts.shape[0]
+    counts = np.diff(np.append(starts, n))
+    longest = int(counts.max())
+    if a * longest > 2 * n + 64:
+        # Runs too uneven to pad (one device with most of the readings): sum by segments.
+        sums = np.add.reduceat(per_row, starts, axis=0)
+        if k <= 16:
+            outer = np.concatenate(
+                [r[:, :, None] * r[:, None, :], pf[:, :, None] * pf[:, None, :]], axis=2
+            )
+            both = np.add.reduceat(outer, starts, axis=0)
+            cross, pairs = both[:, :, :k], both[:, :, k:]
+        else:
+            cross, pairs = np.zeros((a, k, k)), np.zeros((a, k, k))
+            for j, (s, e) in enumerate(pairwise([*starts.tolist(), n])):
+                cross[j], pairs[j] = r[s:e].T @ r[s:e], pf[s:e].T @ pf[s:e]
+    else:
+        # One block per device, zero-padded to the longest run: the same sums and matrix
+        # products, in the same order, as one device at a time.
+        per_row = np.concatenate([per_row, r], axis=1)
+        if a * longest == n:
+            padded = per_row.reshape(a, longest, -1)
+        else:
+            padded = np.zeros((a, longest, per_row.shape[1]))
+            padded[ri, np.arange(n) - starts[ri]] = per_row
+        sums = padded.sum(axis=1)
+        rp, fp = padded[:, :, -k:], padded[:, :, :k]
+        cross = np.matmul(rp.transpose(0, 2, 1), rp)
+        pairs = np.matmul(fp.transpose(0, 2, 1), fp)
+    for j, key in enumerate(("p_w", "p_x", "pc_n", "pc_s", "pc_q")):
+        g[key][sel] += sums[:, j * k : (j + 1) * k]
+    g["pg_n"][sel] += sums[:, 5 * k]
+    g["pg_s"][sel] += sums[:, 5 * k + 1]
+    g["p_s"][sel] += cross
+    g["p_n"][sel] += pairs
 
 
-def _fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
-    """Learn the pending bucket into the baseline, decayed by the time since the last fold."""
-    if st.p_w.any():
-        dt = max(0, st.bucket - st.folded) * cfg.bucket_s
-        dl, dc = np.exp(-dt / cfg.tau_location_s), np.exp(-dt / cfg.tau_scale_s)
-        wm = dl * st.w_mean + st.p_w
-        st.mean = np.where(wm > 0, (dl * st.w_mean * st.mean + st.p_x) / np.maximum(wm, 1e-300), 0)
-        # Residuals are around the mean the bucket was scored against: a moving mean widens
-        # the covariance slightly, the cautious side for false alarms.
-        wc = dc * st.w_cov + st.p_n
-        cov = (dc * st.w_cov * st.cov + st.p_s) / np.maximum(wc, 1e-300)
-        st.cov = np.where(wc > 0, cov, 0.0)
-        if len(st.names) > MAX_FULL_COV:
-            st.cov = np.diag(np.diag(st.cov))
-        ws = dc * st.w_slow + st.p_w
-        st.slow = np.where(
-            ws > 0, (dc * st.w_slow * st.slow + st.p_x) / np.maximum(ws, 1e-300), 0.0
+def _empty(st: DeviceState) -> DeviceScores:
+    f = len(trend_feature_names(st.names))
+    return DeviceScores(
+        np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64),
+        np.zeros((0, f)), np.zeros(0, dtype=bool),
+    )  # fmt: skip
+
+
+def _segment_cummax(b: np.ndarray, dev: np.ndarray, lens: list[int]) -> np.ndarray:
+    """Running maximum of ``b`` restarting at each device (rows are device-contiguous)."""
+    d = len(lens)
+    if d == 1:
+        return np.maximum.accumulate(b)
+    lo = int(b.min())
+    span = int(b.max()) - lo + 1
+    if span * d < 2**62:
+        # Lift each device above every earlier one, so one running maximum serves them all.
+        lift = dev * span
+        return np.maximum.accumulate(b - lo + lift) - lift + lo
+    bounds = np.cumsum([0, *lens]).tolist()
+    return np.concatenate([np.maximum.accumulate(b[s:e]) for s, e in pairwise(bounds)])
+
+
+def _rows(
+    g: dict[str, np.ndarray], t: np.ndarray, x: np.ndarray, lens: list[int], cfg: DetectorConfig
+) -> tuple[_Rows, np.ndarray | None]:
+    """Cut a group's readings into runs and order them by round; also the order used.
+
+    A late reading joins the current bucket (running maximum of the buckets), so a run is a
+    maximal stretch of one device's readings with the same effective bucket; round ``r`` holds
+    every device's ``r``-th run.
+    """
+    d = len(lens)
+    dev = np.repeat(np.arange(d), lens)
+    bucket_ms = int(cfg.bucket_s * 1000)
+    eff = np.maximum(_segment_cummax(t // bucket_ms, dev, lens), g["bucket"][dev])
+    n = t.shape[0]
+    start = np.ones(n, dtype=bool)
+    start[1:] = (eff[1:] != eff[:-1]) | (dev[1:] != dev[:-1])
+    run = np.cumsum(start) - 1
+    order: np.ndarray | None = None
+    if d > 1:
+        first_rows = np.cumsum([0, *lens[:-1]])
+        rnd = run - run[first_rows][dev]
+        if rnd[-1] > 0 or rnd.any():
+            order = np.argsort(rnd, kind="stable")
+            dev, t, x, eff, rnd = dev[order], t[order], x[order], eff[order], rnd[order]
+            start[1:] = (rnd[1:] != rnd[:-1]) | (dev[1:] != dev[:-1])
+            run = np.cumsum(start) - 1
+    else:
+        rnd = run
+    run_start = np.flatnonzero(start)
+    run_round = rnd[run_start]
+    rounds = np.arange(int(run_round[-1]) + 2)
+    present = np.isfinite(x)
+    ready = (t - g["t_first"][dev]) >= cfg.warmup_s * 1000.0
+    rows = _Rows(
+        dev, t, np.where(present, x, 0.0), present, ready, run, run_start, dev[run_start],
+        eff[run_start], np.searchsorted(rnd, rounds).tolist(),
+        np.searchsorted(run_round, rounds).tolist(),
+    )  # fmt: skip
+    return rows, order
+
+
+def _score_group(
+    states: list[DeviceState], ts: list[np.ndarray], xs: list[np.ndarray], cfg: DetectorConfig
+) -> list[tuple[DeviceState, DeviceScores]]:
+    """Score devices sharing one metric list, their states stacked along a device axis."""
+    names = states[0].names
+    k = len(names)
+    d = len(states)
+    g = _stack(states)
+    lens = [t.shape[0] for t in ts]
+    t = np.concatenate(ts) if d > 1 else ts[0]
+    x = np.concatenate(xs) if d > 1 else xs[0]
+    t_max = np.maximum.reduceat(t, np.cumsum([0, *lens[:-1]])) if d > 1 else t.max(keepdims=True)
+    rows, order = _rows(g, t, x, lens, cfg)
+    n = t.shape[0]
+    score = np.zeros(n)
+    top = np.full(n, -1, dtype=np.int64)
+    features = np.zeros((n, TREND_SCALES * (2 * k + 1)))
+    ready = np.zeros(n, dtype=bool)
+    bounds, runs = rows.round_rows, rows.round_runs
+    # Overflow from absurd values is handled below (the state starts afresh), not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r in range(len(bounds) - 1):
+            lo, hi, a0, a1 = bounds[r], bounds[r + 1], runs[r], runs[r + 1]
+            if lo == hi:
+                continue
+            act, new_bucket = rows.run_dev[a0:a1], rows.run_bucket[a0:a1]
+            need = new_bucket != g["bucket"][act]
+            if need.any():
+                _fold(g, act[need], new_bucket[need], k, cfg)
+            sel: slice | np.ndarray = slice(None) if a1 - a0 == d else act
+            ri = rows.run[lo:hi] - a0
+            feat, rdy = _features(g, sel, cfg)
+            features[lo:hi], ready[lo:hi] = feat[ri], rdy[ri]
+            scored = _score_round(g, sel, rows, lo, hi, ri, cfg, k)
+            score[lo:hi], top[lo:hi] = scored[0], scored[1]
+            _learn_round(g, sel, rows, lo, hi, ri, rows.run_start[a0:a1] - lo, scored, cfg, k)
+    if order is not None:
+        back = np.empty_like(order)
+        back[order] = np.arange(n)
+        score, top, features, ready = score[back], top[back], features[back], ready[back]
+    g["t_last"] = np.maximum(g["t_last"], t_max)
+    finite = np.isfinite(g["pg_n"]) & np.isfinite(g["pg_s"])
+    for key in _ARRAYS:
+        finite &= np.isfinite(g[key]).reshape(d, -1).all(axis=1)
+    score = np.nan_to_num(score, nan=0.0)
+    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    flags = score >= cfg.threshold
+    ints = [g[key].tolist() for key in _INTS]
+    scalars = [g[key].tolist() for key in _SCALARS]
+    arrays = [list(g[key]) for key in _ARRAYS]
+    out: list[tuple[DeviceState, DeviceScores]] = []
+    s = 0
+    for j, ok in enumerate(finite.tolist()):
+        if ok:
+            st = DeviceState(
+                list(names), *(v[j] for v in ints), *(a[j] for a in arrays),
+                *(v[j] for v in scalars),
+            )  # fmt: skip
+        else:
+            # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite
+            # JSON, so the device starts afresh rather than poisoning every later request.
+            st = DeviceState.fresh(names, ints[1][j], ints[2][j])
+        e = s + lens[j]
+        out.append((st, DeviceScores(score[s:e], flags[s:e], top[s:e], features[s:e], ready[s:e])))
+        s = e
+    return out
+
+
+def score_devices(
+    states: Sequence[DeviceState | None],
+    names: Sequence[str] | Sequence[Sequence[str]],
+    t_ms: Sequence[np.ndarray],
+    x: Sequence[np.ndarray],
+    config: DetectorConfig | None = None,
+) -> list[tuple[DeviceState, DeviceScores]]:
+    """Score many devices at once; the same results as :func:`score_device` on each.
+
+    Devices whose (extended) states share a metric list are scored together, their states
+    stacked along a leading device axis and their buckets taken in rounds (round ``r`` is
+    every device's ``r``-th bucket), so the cost per device is a few array rows rather than
+    dozens of small numpy calls.
+
+    Args:
+        states: Per device, its state from the previous call or ``None``.
+        names: Metric names of the columns of every ``x`` (one list), or one list per device.
+        t_ms: Per device, reading times in epoch milliseconds, in arrival order.
+        x: Per device, readings of shape ``(n, len(names))``; NaN where a metric is missing.
+        config: Tuning; the defaults when ``None``.
+
+    Returns:
+        Per device, in order, its next state and its per-reading scores.
+    """
+    cfg = config or DetectorConfig()
+    shared = len(names) == 0 or isinstance(names[0], str)
+    bucket_ms = int(cfg.bucket_s * 1000)
+    stale_ms = cfg.stale_after_s * 1000.0
+    out: list[tuple[DeviceState, DeviceScores] | None] = [None] * len(states)
+    groups: dict[tuple[str, ...], list[tuple[int, DeviceState, np.ndarray, np.ndarray]]] = {}
+    for i, state in enumerate(states):
+        cols = list(names if shared else names[i])  # type: ignore[arg-type]
+        t = np.asarray(t_ms[i], dtype=np.int64)
+        if t.shape[0] == 0:
+            st = state if state is not None else DeviceState.fresh(cols, 0, 0)
+            out[i] = (st, _empty(st))
+            continue
+        xi = np.asarray(x[i], dtype=float)
+        # Stale: a long silence, or a whole batch far behind the state (a device clock reset).
+        # One ancient late reading among recent ones is scored, not a reason to forget.
+        if state is not None:
+            t_max = int(t.max())
+            if t_max - state.t_last > stale_ms or state.t_last - t_max > stale_ms:
+                state = None
+        if state is None:
+            t0 = int(t[0])
+            st = DeviceState.fresh(cols, t0, t0 // bucket_ms)
+        else:
+            st = state.with_metrics(cols)
+        if st.names != cols or len(set(cols)) != len(cols):
+            # Columns in the state's order (metrics the batch lacks are missing, NaN).
+            col = {name: j for j, name in enumerate(cols)}
+            xs = np.full((t.shape[0], len(st.names)), np.nan)
+            for j, name in enumerate(st.names):
+                if name in col:
+                    xs[:, j] = xi[:, col[name]]
+            xi = xs
+        groups.setdefault(tuple(st.names), []).append((i, st, t, xi))
+    for members in groups.values():
+        results = _score_group(
+            [m[1] for m in members], [m[2] for m in members], [m[3] for m in members], cfg
         )
-        st.w_mean, st.w_slow, st.w_cov = wm, ws, wc
-        a = np.exp(-dt / np.asarray(cfg.trend_taus_s))
-        st.tr_w = a[:, None] * st.tr_w + st.pc_n
-        st.tr_s = a[:, None] * st.tr_s + st.pc_s
-        st.tr_q = a[:, None] * st.tr_q + st.pc_q
-        st.tg_w = a * st.tg_w + st.pg_n
-        st.tg_s = a * st.tg_s + st.pg_s
-        st.folded = st.bucket
-        st.p_w, st.p_x = np.zeros_like(st.p_w), np.zeros_like(st.p_x)
-        st.p_s, st.p_n = np.zeros_like(st.p_s), np.zeros_like(st.p_n)
-        st.pc_n, st.pc_s, st.pc_q = (np.zeros_like(st.pc_n) for _ in range(3))
-        st.pg_n = st.pg_s = 0.0
-    st.bucket = bucket
+        for m, result in zip(members, results, strict=True):
+            out[m[0]] = result
+    return out  # type: ignore[return-value]
 
 
 def score_device(
@@ -269,62 +639,4 @@ def score_device(
         The next state (a new object; ``state`` is not modified) and per-reading scores, with
         ``top`` indexing the *returned* state's ``names``.
     """
-    cfg = config or DetectorConfig()
-    t_ms = np.asarray(t_ms, dtype=np.int64)
-    n = t_ms.shape[0]
-    bucket_ms = int(cfg.bucket_s * 1000)
-    if n == 0:
-        st = state if state is not None else DeviceState.fresh(names, 0, 0)
-        f = len(trend_feature_names(st.names))
-        empty = DeviceScores(
-            np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64),
-            np.zeros((0, f)), np.zeros(0, dtype=bool),
-        )  # fmt: skip
-        return st, empty
-    stale_ms = cfg.stale_after_s * 1000.0
-    # Stale: a long silence, or a whole batch far behind the state (a device clock reset). One
-    # ancient late reading among recent ones is scored, not a reason to forget the baseline.
-    if state is not None and (
-        int(t_ms.max()) - state.t_last > stale_ms or state.t_last - int(t_ms.max()) > stale_ms
-    ):
-        state = None
-    if state is None:
-        t0 = int(t_ms[0])
-        st = DeviceState.fresh(names, t0, t0 // bucket_ms)
-    else:
-        st = state.with_metrics(names).copy()
-    # Columns of x in the state's order (metrics the batch lacks are missing, NaN).
-    col = {name: i for i, name in enumerate(names)}
-    k = len(st.names)
-    xs = np.full((n, k), np.nan)
-    for j, name in enumerate(st.names):
-        if name in col:
-            xs[:, j] = x[:, col[name]]
-    xs[~np.isfinite(xs)] = np.nan
-    # Effective bucket: a late reading joins the current bucket (running maximum).
-    b = t_ms // bucket_ms
-    eff = np.maximum.accumulate(np.concatenate([[st.bucket], b]))[1:]
-    cuts = np.flatnonzero(np.diff(eff)) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [n]])
-    score = np.zeros(n)
-    top = np.full(n, -1, dtype=np.int64)
-    features = np.zeros((n, len(trend_feature_names(st.names))))
-    ready = np.zeros(n, dtype=bool)
-    # Overflow from absurd values is handled below (the state starts afresh), not warned about.
-    with np.errstate(over="ignore", invalid="ignore"):
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            if eff[s] != st.bucket:
-                _fold(st, int(eff[s]), cfg)
-            run = _score_run(st, xs[s:e], t_ms[s:e], cfg)
-            score[s:e], top[s:e] = run.score, run.top
-            features[s:e], ready[s:e] = _features(st, cfg)
-            _learn_run(st, xs[s:e], t_ms[s:e], run, cfg)
-    st.t_last = max(st.t_last, int(t_ms.max()))
-    if not st.is_finite():
-        # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite JSON,
-        # so the device starts afresh rather than poisoning every later request.
-        st = DeviceState.fresh(st.names, st.t_last, st.bucket)
-    score = np.nan_to_num(score, nan=0.0)
-    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
-    return st, DeviceScores(score, score >= cfg.threshold, top, features, ready)
+    return score_devices([state], [names], [t_ms], [x], config)[0]

@@ -1,0 +1,601 @@
+"""The batched detector core equals the per-device one it replaced, reading for reading.
+
+``ref_score_device`` below is a verbatim copy of the per-device implementation (one device,
+one bucket at a time) as it was before the batched core: the reference every result of
+:func:`model.detector.score_devices` (and of ``score_request`` built on it) is checked against.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from model.detector import (
+    DetectorConfig,
+    DeviceScores,
+    score_device,
+    score_devices,
+    trend_feature_names,
+)
+from model.score import CONTRACT, score_request
+from model.state import MAX_FULL_COV, TREND_SCALES, DeviceState, dump_state, load_state
+from simulator.fleet import METRICS, Fleet, FleetConfig
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DAY_MS = 86_400_000
+TOL = 1e-12
+
+# ---------------------------------------------------------------------------------------------
+# The reference: the per-device implementation, unchanged.
+# ---------------------------------------------------------------------------------------------
+
+
+class _RefRun(NamedTuple):
+    score: np.ndarray  # (n,)
+    top: np.ndarray  # (n,)
+    cond: np.ndarray  # (n, k) signed conditional residual, 0 where not scored
+    used: np.ndarray  # (n, k) which metrics were scored
+    dev: np.ndarray  # (n,) calibrated deviate, NaN where nothing was scored
+
+
+def _ref_features(st: DeviceState, cfg: DetectorConfig) -> tuple[np.ndarray, bool]:
+    """The trend features of ``st`` as one vector, and whether they are ready."""
+    w = np.maximum(st.tr_w, 1e-300)
+    mean = np.where(st.tr_w > 0, st.tr_s / w, 0.0)
+    rms = np.sqrt(np.where(st.tr_w > 0, st.tr_q / w, 0.0))
+    dev = np.where(st.tg_w > 0, st.tg_s / np.maximum(st.tg_w, 1e-300), 0.0)
+    parts: list[np.ndarray] = []
+    for s in range(TREND_SCALES):
+        parts += [mean[s], rms[s], dev[s : s + 1]]
+    return np.concatenate(parts), bool(st.tg_w[-1] >= cfg.warmup_readings)
+
+
+def _ref_score_run(
+    st: DeviceState, x: np.ndarray, t_ms: np.ndarray, cfg: DetectorConfig
+) -> _RefRun:
+    """Score the readings ``x`` (n, k; NaN = missing) of one bucket against the baseline."""
+    n, k = x.shape
+    score = np.zeros(n)
+    top = np.full(n, -1, dtype=np.int64)
+    cond_out = np.zeros((n, k))
+    dev = np.full(n, np.nan)
+    present = ~np.isnan(x)
+    var = np.diag(st.cov)
+    floor = (1e-4 * np.abs(st.mean) + 1e-6) ** 2
+    sd = np.sqrt(np.maximum(var, 0.0) + floor)
+    warm = np.minimum(np.diag(st.w_cov), st.w_mean) >= cfg.warmup_readings
+    ready = (t_ms - st.t_first) >= cfg.warmup_s * 1000.0
+    use = present & warm[None, :] & ready[:, None]
+    if not use.any():
+        return _RefRun(score, top, cond_out, use, dev)
+    z = np.where(use, (np.nan_to_num(x) - st.mean) / sd, 0.0)
+    z_slow = np.where(use, (np.nan_to_num(x) - st.slow) / sd, 0.0)
+    corr = st.cov / np.outer(sd, sd)
+    pair_ok = st.w_cov >= cfg.warmup_readings
+    if k > MAX_FULL_COV:
+        pair_ok = np.eye(k, dtype=bool)
+    corr = np.where(pair_ok, corr, 0.0)
+    np.fill_diagonal(corr, 1.0)
+    corr = (1.0 - cfg.shrinkage) * corr + cfg.shrinkage * np.eye(k)
+    patterns, inverse = np.unique(use, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for pi, pattern in enumerate(patterns):
+        idx = np.flatnonzero(pattern)
+        if idx.size == 0:
+            continue
+        rows = np.flatnonzero(inverse == pi)
+        sub = corr[np.ix_(idx, idx)]
+        if not np.isfinite(sub).all():
+            continue  # an overflowed baseline; the state is reset after this batch
+        lam, vec = np.linalg.eigh(sub)
+        lam = np.maximum(lam, cfg.eigen_floor)
+        prec = (vec / lam) @ vec.T
+        zs = z[np.ix_(rows, idx)]
+        g = zs @ prec
+        dist2 = np.einsum("ij,ij->i", g, zs)
+        p = float(idx.size)
+        c = 2.0 / (9.0 * p)
+        wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
+        slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
+        score[rows] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
+        dev[rows] = wh
+        # g_j / sqrt(prec_jj): metric j's residual once the others have explained what they
+        # can (the standardised residual of regressing it on them). The trend takes it
+        # against the slow location, signed.
+        inv_sd = 1.0 / np.sqrt(np.diag(prec))
+        top[rows] = idx[np.argmax(np.abs(g) * inv_sd, axis=1)]
+        cond_out[np.ix_(rows, idx)] = (z_slow[np.ix_(rows, idx)] @ prec) * inv_sd
+    return _RefRun(score, top, cond_out, use, dev)
+
+
+def _ref_learn_run(
+    st: DeviceState, x: np.ndarray, t_ms: np.ndarray, run: _RefRun, cfg: DetectorConfig
+) -> None:
+    """Add one bucket's readings to the pending sums, clipped once the baseline is trusted.
+
+    During the warm-up nothing is clipped: a baseline that first saw the machine stopped must
+    still learn what running looks like, not treat it as an anomaly forever.
+    """
+    present = ~np.isnan(x)
+    var = np.diag(st.cov)
+    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(st.mean) + 1e-6) ** 2)
+    warm = np.diag(st.w_cov) >= cfg.warmup_readings
+    ready = (t_ms - st.t_first) >= cfg.warmup_s * 1000.0
+    r = np.nan_to_num(x) - st.mean
+    lim = cfg.huber * sd
+    r = np.where(warm[None, :] & ready[:, None], np.clip(r, -lim, lim), r)
+    r = np.where(present, r, 0.0)
+    pf = present.astype(float)
+    st.p_w += pf.sum(axis=0)
+    st.p_x += (pf * (st.mean + r)).sum(axis=0)
+    st.p_s += r.T @ r
+    st.p_n += pf.T @ pf
+    c = np.clip(run.cond, -cfg.trend_clip, cfg.trend_clip)
+    st.pc_n += run.used.sum(axis=0)
+    st.pc_s += c.sum(axis=0)
+    st.pc_q += (c * c).sum(axis=0)
+    scored = np.isfinite(run.dev)
+    st.pg_n += float(scored.sum())
+    st.pg_s += float(np.clip(run.dev[scored], -cfg.trend_clip, cfg.trend_clip).sum())
+
+
+def _ref_fold(st: DeviceState, bucket: int, cfg: DetectorConfig) -> None:
+    """Learn the pending bucket into the baseline, decayed by the time since the last fold."""
+    if st.p_w.any():
+        dt = max(0, st.bucket - st.folded) * cfg.bucket_s
+        dl, dc = np.exp(-dt / cfg.tau_location_s), np.exp(-dt / cfg.tau_scale_s)
+        wm = dl * st.w_mean + st.p_w
+        st.mean = np.where(wm > 0, (dl * st.w_mean * st.mean + st.p_x) / np.maximum(wm, 1e-300), 0)
+        # Residuals are around the mean the bucket was scored against: a moving mean widens
+        # the covariance slightly, the cautious side for false alarms.
+        wc = dc * st.w_cov + st.p_n
+        cov = (dc * st.w_cov * st.cov + st.p_s) / np.maximum(wc, 1e-300)
+        st.cov = np.where(wc > 0, cov, 0.0)
+        if len(st.names) > MAX_FULL_COV:
+            st.cov = np.diag(np.diag(st.cov))
+        ws = dc * st.w_slow + st.p_w
+        st.slow = np.where(
+            ws > 0, (dc * st.w_slow * st.slow + st.p_x) / np.maximum(ws, 1e-300), 0.0
+        )
+        st.w_mean, st.w_slow, st.w_cov = wm, ws, wc
+        a = np.exp(-dt / np.asarray(cfg.trend_taus_s))
+        st.tr_w = a[:, None] * st.tr_w + st.pc_n
+        st.tr_s = a[:, None] * st.tr_s + st.pc_s
+        st.tr_q = a[:, None] * st.tr_q + st.pc_q
+        st.tg_w = a * st.tg_w + st.pg_n
+        st.tg_s = a * st.tg_s + st.pg_s
+        st.folded = st.bucket
+        st.p_w, st.p_x = np.zeros_like(st.p_w), np.zeros_like(st.p_x)
+        st.p_s, st.p_n = np.zeros_like(st.p_s), np.zeros_like(st.p_n)
+        st.pc_n, st.pc_s, st.pc_q = (np.zeros_like(st.pc_n) for _ in range(3))
+        st.pg_n = st.pg_s = 0.0
+    st.bucket = bucket
+
+
+def ref_score_device(
+    state: DeviceState | None,
+    names: list[str],
+    t_ms: np.ndarray,
+    x: np.ndarray,
+    config: DetectorConfig | None = None,
+) -> tuple[DeviceState, DeviceScores]:
+    """Score one device's readings in order and return its next state.
+
+    Args:
+        state: The device's state from the previous call, or ``None`` for a fresh baseline.
+        names: Metric names of the columns of ``x``.
+        t_ms: Reading times in epoch milliseconds, shape ``(n,)``, in arrival order (may repeat
+            or go backwards).
+        x: Readings, shape ``(n, len(names))``; NaN where a metric is missing.
+        config: Tuning; the defaults when ``None``.
+
+    Returns:
+        The next state (a new object; ``state`` is not modified) and per-reading scores, with
+        ``top`` indexing the *returned* state's ``names``.
+    """
+    cfg = config or DetectorConfig()
+    t_ms = np.asarray(t_ms, dtype=np.int64)
+    n = t_ms.shape[0]
+    bucket_ms = int(cfg.bucket_s * 1000)
+    if n == 0:
+        st = state if state is not None else DeviceState.fresh(names, 0, 0)
+        f = len(trend_feature_names(st.names))
+        empty = DeviceScores(
+            np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64),
+            np.zeros((0, f)), np.zeros(0, dtype=bool),
+        )  # fmt: skip
+        return st, empty
+    stale_ms = cfg.stale_after_s * 1000.0
+    # Stale: a long silence, or a whole batch far behind the state (a device clock reset). One
+    # ancient late reading among recent ones is scored, not a reason to forget the baseline.
+    if state is not None and (
+        int(t_ms.max()) - state.t_last > stale_ms or state.t_last - int(t_ms.max()) > stale_ms
+    ):
+        state = None
+    if state is None:
+        t0 = int(t_ms[0])
+        st = DeviceState.fresh(names, t0, t0 // bucket_ms)
+    else:
+        st = state.with_metrics(names).copy()
+    # Columns of x in the state's order (metrics the batch lacks are missing, NaN).
+    col = {name: i for i, name in enumerate(names)}
+    k = len(st.names)
+    xs = np.full((n, k), np.nan)
+    for j, name in enumerate(st.names):
+        if name in col:
+            xs[:, j] = x[:, col[name]]
+    xs[~np.isfinite(xs)] = np.nan
+    # Effective bucket: a late reading joins the current bucket (running maximum).
+    b = t_ms // bucket_ms
+    eff = np.maximum.accumulate(np.concatenate([[st.bucket], b]))[1:]
+    cuts = np.flatnonzero(np.diff(eff)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [n]])
+    score = np.zeros(n)
+    top = np.full(n, -1, dtype=np.int64)
+    features = np.zeros((n, len(trend_feature_names(st.names))))
+    ready = np.zeros(n, dtype=bool)
+    # Overflow from absurd values is handled below (the state starts afresh), not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            if eff[s] != st.bucket:
+                _ref_fold(st, int(eff[s]), cfg)
+            run = _ref_score_run(st, xs[s:e], t_ms[s:e], cfg)
+            score[s:e], top[s:e] = run.score, run.top
+            features[s:e], ready[s:e] = _ref_features(st, cfg)
+            _ref_learn_run(st, xs[s:e], t_ms[s:e], run, cfg)
+    st.t_last = max(st.t_last, int(t_ms.max()))
+    if not st.is_finite():
+        # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite JSON,
+        # so the device starts afresh rather than poisoning every later request.
+        st = DeviceState.fresh(st.names, st.t_last, st.bucket)
+    score = np.nan_to_num(score, nan=0.0)
+    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+    return st, DeviceScores(score, score >= cfg.threshold, top, features, ready)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison helpers and data.
+# ---------------------------------------------------------------------------------------------
+
+
+def scale(values: object) -> float:
+    """The size of an array's entries: what a difference in the last bits is relative to."""
+    return max(1.0, float(np.max(np.abs(values))))
+
+
+# Trend sums and the weight behind them. Their terms (conditional residuals, calibrated
+# deviates) go through a precision matrix whose eigenvalues are floored at ``eigen_floor``:
+# the baseline sums of a batched and a per-device implementation differ in the last bit (the
+# same sums, added in another order), the precision amplifies that ~1e4 times, and a sum of
+# signed terms can cancel. So a trend sum is held to 1e-12 of its largest possible term times
+# the number of terms, not to 1e-12 of its (possibly cancelled) value.
+TREND_SUMS = {
+    "pc_s": "pc_n", "pc_q": "pc_n", "tr_s": "tr_w", "tr_q": "tr_w", "pg_s": "pg_n", "tg_s": "tg_w"
+}  # fmt: skip
+
+
+def assert_same_state(got: DeviceState, want: DeviceState) -> None:
+    a, b = dump_state(got), dump_state(want)
+    assert a.keys() == b.keys()
+    clip = DetectorConfig().trend_clip
+    for key, value in b.items():
+        if key in TREND_SUMS:
+            atol = TOL * clip * clip * scale(b[TREND_SUMS[key]])
+            np.testing.assert_allclose(a[key], value, rtol=TOL, atol=atol, err_msg=key)
+        elif isinstance(value, float) or (
+            isinstance(value, list) and value and isinstance(value[0], float)
+        ):
+            np.testing.assert_allclose(
+                a[key], value, rtol=TOL, atol=TOL * scale(value), err_msg=key
+            )
+        else:
+            assert a[key] == value, key
+
+
+def assert_same(
+    got: tuple[DeviceState, DeviceScores], want: tuple[DeviceState, DeviceScores]
+) -> None:
+    (st, sc), (st_ref, sc_ref) = got, want
+    np.testing.assert_allclose(sc.score, sc_ref.score, rtol=0, atol=TOL)
+    assert sc.is_anomaly.tolist() == sc_ref.is_anomaly.tolist()
+    assert sc.top.tolist() == sc_ref.top.tolist()
+    assert sc.features.shape == sc_ref.features.shape
+    np.testing.assert_allclose(
+        sc.features,
+        sc_ref.features,
+        rtol=TOL,
+        atol=TOL * scale(sc_ref.features) if sc_ref.features.size else TOL,
+    )
+    assert sc.ready.tolist() == sc_ref.ready.tolist()
+    assert sc.score.dtype == sc_ref.score.dtype
+    assert sc.top.dtype == sc_ref.top.dtype
+    assert_same_state(st, st_ref)
+
+
+Batch = tuple[list[str], np.ndarray, np.ndarray]
+
+
+def check_requests(
+    requests: list[list[Batch]], states: list[DeviceState | None], cfg: DetectorConfig
+) -> list[DeviceState]:
+    """Score a sequence of requests both ways, carrying state through JSON; compare every one."""
+    ref_states = list(states)
+    new_states = list(states)
+    scored = 0
+    for request in requests:
+        got = score_devices(
+            new_states, [b[0] for b in request], [b[1] for b in request],
+            [b[2] for b in request], cfg,
+        )  # fmt: skip
+        for d, (names, t, x) in enumerate(request):
+            want = ref_score_device(ref_states[d], names, t, x, cfg)
+            assert_same(got[d], want)
+            scored += int((want[1].score > 0).sum())
+            ref_states[d] = load_state(json.loads(json.dumps(dump_state(want[0]))))
+            new_states[d] = load_state(json.loads(json.dumps(dump_state(got[d][0]))))
+    assert scored > 0, "nothing was scored: the comparison would be vacuous"
+    return new_states  # type: ignore[return-value]
+
+
+def fleet_batches(
+    devices: int, steps: int, seed: int, *, holes: float = 0.02, **kw: float
+) -> tuple[list[list[str]], np.ndarray, list[np.ndarray]]:
+    """A simulated mixed fleet (pumps, compressors, fans): names, times and values per device.
+
+    Dropouts are NaN already; ``holes`` adds single missing metrics, so many missing-metric
+    patterns occur.
+    """
+    fleet = Fleet(FleetConfig(devices=devices, seed=seed, interval_s=10.0, **kw), start=START)
+    chunk = fleet.simulate(steps)
+    rng = np.random.default_rng(seed)
+    names, xs = [], []
+    for d in range(devices):
+        cols = [m for i, m in enumerate(METRICS) if fleet.has[i, d]]
+        x = np.stack([chunk.values[m][:, d] for m in cols], axis=1)
+        x[~chunk.present[:, d]] = np.nan
+        x[rng.random(x.shape) < holes] = np.nan
+        names.append(cols)
+        xs.append(x)
+    return names, chunk.times_ms.copy(), xs
+
+
+SHORT = DetectorConfig(warmup_s=1800.0, warmup_readings=20.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batched core against the reference.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_request", [37, 400])
+def test_simulated_mixed_fleet_equals_the_reference(per_request: int) -> None:
+    names, t, xs = fleet_batches(9, 2400, seed=3, anomaly_per_day=24.0)
+    assert len({tuple(n) for n in names}) == 3  # three metric lists: three groups
+    requests = [
+        [(names[d], t[s : s + per_request], xs[d][s : s + per_request]) for d in range(9)]
+        for s in range(0, len(t), per_request)
+    ]
+    check_requests(requests, [None] * 9, SHORT)
+
+
+def test_default_config_after_the_full_warmup_equals_the_reference() -> None:
+    names, t, xs = fleet_batches(4, 6000, seed=5, anomaly_per_day=12.0)
+    warm = [(names[d], t[:5000], xs[d][:5000]) for d in range(4)]
+    rest = [(names[d], t[5000:], xs[d][5000:]) for d in range(4)]
+    check_requests([warm, rest], [None] * 4, DetectorConfig())
+
+
+def test_devices_with_uneven_readings_and_buckets_equal_the_reference() -> None:
+    # One group whose devices have 1, a few and many readings, and 1 to ~40 buckets: rounds
+    # where only some devices take part.
+    rng = np.random.default_rng(7)
+    names = ["a", "b", "c"]
+    cfg = DetectorConfig(warmup_s=600.0, warmup_readings=10.0)
+    states: list[DeviceState | None] = [None] * 5
+    for step in range(4):
+        request = []
+        for d, n in enumerate([1, 3, 40, 400, 0]):
+            n = n * (step + 1) % 700
+            t = step * DAY_MS // 8 + np.cumsum(rng.integers(1_000, 60_000, n))
+            x = rng.normal(size=(n, 3)) @ np.array([[1, 0.8, 0], [0, 0.6, 0], [0, 0, 2.0]]) + d
+            request.append((names, t.astype(np.int64), x))
+        states = check_requests([request], states, cfg)
+
+
+def test_missing_metrics_repeats_disorder_and_gaps_equal_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    requests: list[list[Batch]] = [[], []]
+    for d in range(6):
+        n = 3000
+        t = np.cumsum(rng.choice([0, 1_000, 10_000, 60_000], size=n)).astype(np.int64)
+        t[1500:] += 3 * DAY_MS * (d % 2)  # a gap of three days on some devices
+        t[:: 97 - d] -= 3_600_000  # late readings, an hour out of order
+        x = rng.normal(size=(n, 4)) * [1, 10, 100, 1000] + [0, 5, 50, 500]
+        x[rng.random(x.shape) < 0.2] = np.nan
+        x[100 + d] = np.nan  # a reading with no metric at all
+        x[200, 1] = np.inf
+        x[300, 2] = -np.inf
+        requests[0].append((["a", "b", "c", "d"], t[:2000], x[:2000]))
+        requests[1].append((["a", "b", "c", "d"], t[2000:], x[2000:]))
+    check_requests(requests, [None] * 6, SHORT)
+
+
+def test_stale_fresh_and_warm_states_in_one_call_equal_the_reference() -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(3000, dtype=np.int64) * 10_000
+    warm, _ = ref_score_device(None, ["a", "b"], t, rng.normal(size=(3000, 2)), SHORT)
+    later = t[-1] + np.arange(1, 301, dtype=np.int64) * 10_000
+    request: list[Batch] = [
+        (["a", "b"], later, rng.normal(size=(300, 2))),  # warm
+        (["a", "b"], later + 30 * DAY_MS, rng.normal(size=(300, 2))),  # stale: a long silence
+        (["a", "b"], later - 30 * DAY_MS, rng.normal(size=(300, 2))),  # stale: clock reset
+        (["a", "b"], np.r_[t[-1] - 30 * DAY_MS, later[1:]], rng.normal(size=(300, 2))),  # kept
+        (["a", "b"], later, rng.normal(size=(300, 2))),  # fresh
+        (["a", "b"], later[:0], np.zeros((0, 2))),  # nothing to score: the state is kept
+        (["a", "b"], later[:0], np.zeros((0, 2))),  # nothing, no state
+    ]
+    states = [warm, warm, warm, warm, None, warm, None]
+    check_requests([request, request], states, SHORT)
+
+
+def test_new_and_reordered_metrics_equal_the_reference() -> None:
+    rng = np.random.default_rng(6)
+    t = np.arange(2000, dtype=np.int64) * 10_000
+    ab, _ = ref_score_device(None, ["a", "b"], t, rng.normal(size=(2000, 2)), SHORT)
+    ba, _ = ref_score_device(None, ["b", "a"], t, rng.normal(size=(2000, 2)), SHORT)
+    later = t[-1] + np.arange(1, 201, dtype=np.int64) * 10_000
+    request: list[Batch] = [
+        (["a", "b"], later, rng.normal(size=(200, 2))),
+        (["b", "a"], later, rng.normal(size=(200, 2))),  # same metrics, other column order
+        (["c", "a", "b"], later, rng.normal(size=(200, 3))),  # a new metric: state grows
+        (["a"], later, rng.normal(size=(200, 1))),  # a metric the batch lacks: missing
+        (["b", "a", "c"], later, rng.normal(size=(200, 3))),
+    ]
+    states = check_requests([request], [ab, ab, ab, ab, ba], SHORT)
+    assert [s.names for s in states] == [
+        ["a", "b"],
+        ["a", "b"],
+        ["a", "b", "c"],
+        ["a", "b"],
+        ["b", "a", "c"],
+    ]
+
+
+def test_absurd_magnitudes_and_many_metrics_equal_the_reference() -> None:
+    rng = np.random.default_rng(9)
+    t = np.arange(300, dtype=np.int64) * 60_000
+    absurd = np.where(np.arange(300)[:, None] % 2 == 0, 1e300, -1e300) * np.ones((300, 2))
+    calm = rng.normal(size=(300, 2))
+    wide = [f"m{i:03d}" for i in range(MAX_FULL_COV + 8)]  # variances only
+    mid = [f"n{i:02d}" for i in range(20)]  # full covariance, more than a handful of metrics
+    request: list[Batch] = [
+        (["a", "b"], t, absurd),
+        (["a", "b"], t, calm),
+        (wide, t, rng.normal(size=(300, len(wide)))),
+        (wide, t, rng.normal(size=(300, len(wide))) * 3),
+        (mid, t, rng.normal(size=(300, len(mid)))),
+    ]
+    cfg = DetectorConfig(warmup_s=3600.0, warmup_readings=10.0)
+    check_requests([request, request], [None] * 5, cfg)
+
+
+def test_score_device_is_the_batched_core_for_one_device() -> None:
+    names, t, xs = fleet_batches(1, 1500, seed=8, anomaly_per_day=24.0)
+    want = ref_score_device(None, names[0], t, xs[0], SHORT)
+    assert_same(score_device(None, names[0], t, xs[0], SHORT), want)
+    assert_same(score_devices([None], names[0], [t], [xs[0]], SHORT)[0], want)
+
+
+def test_score_devices_does_not_modify_the_states_it_is_given() -> None:
+    rng = np.random.default_rng(1)
+    t = np.arange(500, dtype=np.int64) * 10_000
+    state, _ = score_device(None, ["a", "b"], t, rng.normal(size=(500, 2)), SHORT)
+    before = json.dumps(dump_state(state))
+    score_devices([state, state], ["a", "b"], [t + 5_000_000] * 2, [rng.normal(size=(500, 2))] * 2)
+    assert json.dumps(dump_state(state)) == before
+    assert len(trend_feature_names(["a", "b"])) == TREND_SCALES * 5
+
+
+# ---------------------------------------------------------------------------------------------
+# score_request on the batched core.
+# ---------------------------------------------------------------------------------------------
+
+
+def fleet_request_readings(devices: int, steps: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    fleet = Fleet(
+        FleetConfig(devices=devices, seed=seed, anomaly_per_day=24.0),
+        start=START,
+    )
+    per_device: dict[str, list[dict[str, Any]]] = {d: [] for d in fleet.device_ids}
+    for _ in range(steps):
+        for r in fleet.step():
+            per_device[r["device_id"]].append(
+                {"timestamp": r["timestamp"], "metrics": r["metrics"]}
+            )
+    return per_device
+
+
+def as_request(
+    per_device: dict[str, list[dict[str, Any]]], states: dict[str, Any]
+) -> dict[str, Any]:
+    devices = [
+        {"device_id": d, "state": states.get(d), "readings": r} for d, r in per_device.items()
+    ]
+    return json.loads(json.dumps({"contract": CONTRACT, "devices": devices}))
+
+
+def test_score_request_equals_the_reference_per_device() -> None:
+    per_device = fleet_request_readings(6, 700, seed=4)
+    # Odd readings: a missing metric (null), repeats, disorder, another offset, a new metric.
+    first = next(iter(per_device))
+    readings = per_device[first]
+    readings[10]["metrics"] = {**readings[10]["metrics"], "rpm": None}
+    readings[20] = dict(readings[19])
+    readings[30]["timestamp"] = readings[5]["timestamp"]
+    ts = datetime.fromisoformat(readings[40]["timestamp"]).astimezone(timezone(timedelta(hours=2)))
+    readings[40]["timestamp"] = ts.isoformat()
+    readings[50]["metrics"] = {**readings[50]["metrics"], "extra": 1.5}
+    out = score_request(as_request(per_device, {}), SHORT)
+    for device in out["devices"]:
+        sent = per_device[device["device_id"]]
+        names: list[str] = []
+        for r in sent:
+            names += [m for m in r["metrics"] if m not in names]
+        t = np.array(
+            [np.floor(datetime.fromisoformat(r["timestamp"]).timestamp() * 1000) for r in sent],
+            dtype=np.int64,
+        )
+        x = np.array(
+            [
+                [np.nan if r["metrics"].get(m) is None else r["metrics"][m] for m in names]
+                for r in sent
+            ]
+        )
+        state, scores = ref_score_device(None, names, t, x, SHORT)
+        preds = device["predictions"]
+        assert [p["timestamp"] for p in preds] == [r["timestamp"] for r in sent]
+        np.testing.assert_allclose(
+            [p["anomaly_score"] for p in preds], scores.score, rtol=0, atol=TOL
+        )
+        assert [p["is_anomaly"] for p in preds] == scores.is_anomaly.tolist()
+        assert [p["top_metric"] for p in preds] == [
+            state.names[i] if i >= 0 else None for i in scores.top
+        ]
+        assert load_state(device["state"]) is not None
+        assert_same_state(load_state(device["state"]), state)  # type: ignore[arg-type]
+    assert any(p["anomaly_score"] > 0.5 for d in out["devices"] for p in d["predictions"])
+
+
+def test_score_request_split_into_many_requests_equals_one_request() -> None:
+    per_device = fleet_request_readings(6, 900, seed=2)
+    whole = score_request(as_request(per_device, {}), SHORT)
+    states: dict[str, Any] = {}
+    parts: dict[str, list[dict[str, Any]]] = {d: [] for d in per_device}
+    for start in range(0, 900, 113):
+        chunk = {d: r[start : start + 113] for d, r in per_device.items()}
+        out = json.loads(json.dumps(score_request(as_request(chunk, states), SHORT)))
+        for device in out["devices"]:
+            states[device["device_id"]] = device["state"]
+            parts[device["device_id"]].extend(device["predictions"])
+    for device in whole["devices"]:
+        got = parts[device["device_id"]]
+        want = device["predictions"]
+        assert [p["timestamp"] for p in got] == [p["timestamp"] for p in want]
+        assert [p["top_metric"] for p in got] == [p["top_metric"] for p in want]
+        assert [p["is_anomaly"] for p in got] == [p["is_anomaly"] for p in want]
+        np.testing.assert_allclose(
+            [p["anomaly_score"] for p in got], [p["anomaly_score"] for p in want], rtol=0, atol=1e-9
+        )
+        state = states[device["device_id"]]
+        for key, value in device["state"].items():
+            if isinstance(value, float) or (
+                isinstance(value, list) and value and isinstance(value[0], float)
+            ):
+                np.testing.assert_allclose(state[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+            else:
+                assert state[key] == value, key
