@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 import threading
 import time
@@ -37,6 +38,8 @@ __all__ = [
     "check_key",
     "parse_route",
 ]
+
+log = logging.getLogger(__name__)
 
 Reply = tuple[int, dict[str, str], bytes]
 RowsListener = Callable[[Dataset, str, Sequence[StoredRow]], None]
@@ -178,6 +181,9 @@ class PushApi:
             return self._dispatch(method, route, parts.query, body)
         except PushError as exc:
             return exc.reply()
+        except Exception:  # a bug or a broken database: a transient 500, never a dropped socket
+            log.exception("push API failed on %s %s", method, parts.path)
+            return PushError(500, "InternalServerError", "the stand-in failed").reply()
 
     def _dispatch(self, method: str, route: Route, query: str, body: bytes) -> Reply:
         if route.kind == "datasets" and method == "GET":

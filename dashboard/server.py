@@ -189,7 +189,7 @@ def _handler_for(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                     seen = version
                     app.hub.pause(_MIN_GAP)  # at most a few snapshots a second per page
-            except (BrokenPipeError, ConnectionResetError):
+            except ConnectionError:
                 pass  # the page went away
 
         def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:

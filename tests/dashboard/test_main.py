@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,3 +57,19 @@ def test_cli_logs_its_url_serves_healthz_and_stops_on_sigterm(tmp_path):
     assert db.exists()
     assert "dashboard stopped" in "".join(lines)
     assert "from-env" not in "".join(lines)
+
+
+def test_cli_says_when_the_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "dashboard", "--port", str(port), "--db", ":memory:"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -251,3 +251,10 @@ def test_a_dataset_without_fifo_keeps_every_row_and_slows_to_the_big_table_rate(
     assert statuses == [200, 200, 200, 429]
     assert server.store.table_rows(created["id"], "T") == 6
     assert requests.post(rows_url(server), json={"rows": [agg("d")]}, headers=AUTH, timeout=5).ok
+
+
+def test_a_broken_database_answers_500_not_a_dropped_connection(make_dashboard, tmp_path):
+    server = make_dashboard(db=str(tmp_path / "broken.sqlite3"))
+    server.store.close()
+    reply = requests.post(rows_url(server), json={"rows": [agg("d")]}, headers=AUTH, timeout=5)
+    assert (reply.status_code, reply.json()["error"]["code"]) == (500, "InternalServerError")
