@@ -107,23 +107,31 @@ class FleetRun:
             )
         return self._explained[d]
 
+    def device_counts(self, method: str, threshold: float) -> list[EventCounts]:
+        """Event counts of ``method`` flagging at ``threshold``, per device."""
+        valid, ch = self.valid(), self.chunk
+        return [
+            device_events(
+                (self.scores[method][:, d] >= threshold) & ch.present[:, d],
+                ch.anomaly[:, d],
+                self.explained(d),
+                valid,
+                self.grace_steps,
+                86400.0 / self.interval_s,
+            )
+            for d in range(self.devices)
+        ]
+
     def counts(self, method: str, threshold: float) -> EventCounts:
         """Event counts of ``method`` flagging at ``threshold``, summed over devices."""
-        valid, ch = self.valid(), self.chunk
-        total = EventCounts()
-        for d in range(self.devices):
-            flags = (self.scores[method][:, d] >= threshold) & ch.present[:, d]
-            total = total.merge(
-                device_events(
-                    flags,
-                    ch.anomaly[:, d],
-                    self.explained(d),
-                    valid,
-                    self.grace_steps,
-                    86400.0 / self.interval_s,
-                )
-            )
-        return total
+        return _total(self.device_counts(method, threshold))
+
+
+def _total(counts: list[EventCounts]) -> EventCounts:
+    total = EventCounts()
+    for c in counts:
+        total = total.merge(c)
+    return total
 
 
 def simulate_chunks(fleet: Fleet, steps: int, chunk_steps: int) -> Chunk:
@@ -343,6 +351,7 @@ def write_report(
     validation_f1: dict[str, float],
     summaries: dict[str, EventSummary],
     counts: dict[str, EventCounts],
+    false_by_device: dict[str, list[int]],
     failure: FailureFigures | None,
     failure_note: str,
     figures: list[str],
@@ -435,6 +444,10 @@ def write_report(
         "range lands in an edge cell and scores like the extreme normal values there, which "
         "is why it misses most spikes.",
         "",
+        "Where the false alarms are (the three devices with the most, per method):",
+        "",
+        *_concentration(false_by_device, test.fleet.device_ids),
+        "",
         _verdict(summaries),
         "",
         "## Failure prediction (held-out fleet)",
@@ -452,7 +465,7 @@ def write_report(
     ]
     arrived = int(test.chunk.present.sum())
     for m in (*methods, "failure predictor"):
-        if m not in test.seconds:
+        if m not in test.seconds or (m == "failure predictor" and not test.predicted_devices):
             continue
         sec, vsec = test.seconds[m], validation.seconds.get(m)
         vcell = f"{vsec:.1f}" if vsec is not None else "not run"
@@ -468,6 +481,23 @@ def write_report(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _concentration(false_by_device: dict[str, list[int]], ids: list[str]) -> list[str]:
+    """Per method, its three worst devices and their share of its false alarms."""
+    out = []
+    for m, per in false_by_device.items():
+        total = sum(per)
+        worst = sorted(range(len(per)), key=lambda d: -per[d])[:3]
+        share = sum(per[d] for d in worst) / total if total else float("nan")
+        quiet = sum(1 for n in per if n == 0)
+        out.append(
+            f"- {m}: "
+            + ", ".join(f"{ids[d]} ({per[d]})" for d in worst)
+            + f" = {_fmt(100 * share, '.0f')}% of {total}; {quiet} of {len(per)} devices "
+            "had none."
+        )
+    return out
+
+
 def _verdict(s: dict[str, EventSummary]) -> str:
     """One plain sentence per baseline: does ours beat it on F1 and on false alarms?"""
     out = []
@@ -477,11 +507,12 @@ def _verdict(s: dict[str, EventSummary]) -> str:
         dfa = ours.false_alarms_per_device_day - s[b].false_alarms_per_device_day
         f1_word = "higher" if df1 > 0 else "lower" if df1 < 0 else "equal"
         fa_word = "fewer" if dfa < 0 else "more" if dfa > 0 else "as many"
+        base_fa = s[b].false_alarms_per_device_day
+        ratio = f", {ours.false_alarms_per_device_day / base_fa:.2f}×" if base_fa > 0 else ""
         out.append(
             f"Against the {b}: our F1 is {f1_word} ({ours.f1:.3f} vs {s[b].f1:.3f}, "
             f"{df1:+.3f}) with {fa_word} false alarms per device-day "
-            f"({ours.false_alarms_per_device_day:.2f} vs "
-            f"{s[b].false_alarms_per_device_day:.2f})."
+            f"({ours.false_alarms_per_device_day:.2f} vs {base_fa:.2f}{ratio})."
         )
     return "**Verdict.** " + " ".join(out)
 
@@ -565,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     score_baselines(test, warmup_s)
     _log(f"baselines scored: {test.seconds}", t0)
 
-    counts = {m: test.counts(m, thresholds[m]) for m in (OURS, ZSCORE, HST)}
+    per_device = {m: test.device_counts(m, thresholds[m]) for m in (OURS, ZSCORE, HST)}
+    counts = {m: _total(c) for m, c in per_device.items()}
+    false_by_device = {m: [c.false_alarms for c in per_device[m]] for m in per_device}
     summaries = {m: summarise(c, test.interval_s) for m, c in counts.items()}
     artifact = args.model / ARTIFACT_NAME
     failure = None
@@ -581,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     write_report(
         args.out / "evaluation.md", command, args, test, validation, thresholds, validation_f1,
-        summaries, counts, failure, note, figures, total,
+        summaries, counts, false_by_device, failure, note, figures, total,
     )  # fmt: skip
     _log(f"wrote {args.out / 'evaluation.md'}", t0)
     return 0
