@@ -11,6 +11,7 @@ computed by this run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import sys
 import time
@@ -392,7 +393,9 @@ def write_report(
         "false alarm events / device-days after the warm-up. **Normal readings flagged** = "
         "flagged share of the readings after the warm-up outside every anomaly window, "
         "degradation and failed period (and grace): how noisy a method is per reading, where "
-        "the event count also depends on how alarms fragment.",
+        "the event count also depends on how alarms fragment. Read the two together: an alarm "
+        "that flickers on and off makes many events, while one long alarm that touches a "
+        "labelled window counts as a single true event however long it lasts.",
         "- **Thresholds**: ours is fixed at 0.9 (`is_anomaly`, not tuned). Each baseline's "
         "threshold is the one that maximises its own event F1 on the validation fleet (searched "
         "over its score quantiles from 90% to 99.999%), then applied unchanged to the "
@@ -523,6 +526,8 @@ def _failure_lines(failure: FailureFigures | None, note: str, run: FleetRun) -> 
     warned = len(failure.leads_h)
     total = warned + failure.missed
     median = float(np.median(failure.leads_h)) if failure.leads_h else float("nan")
+    with_missed = failure.leads_h + [0.0] * failure.missed
+    median0 = float(np.median(with_missed)) if with_missed else float("nan")
     return [
         f"Predictor {note}; horizon {failure.horizon_h:g} h.",
         "",
@@ -533,11 +538,11 @@ def _failure_lines(failure: FailureFigures | None, note: str, run: FleetRun) -> 
         "- **False warnings**: runs of `maintenance_due` that overlap no degradation and no "
         "failed period.",
         "",
-        "| ROC AUC | readings (positive) | failures warned | median lead time | "
-        "false warnings / device-day |",
-        "|---|---|---|---|---|",
+        "| ROC AUC | readings (positive) | failures warned | median lead time (warned) | "
+        "median lead time (missed = 0 h) | false warnings / device-day |",
+        "|---|---|---|---|---|---|",
         f"| {_fmt(failure.auc)} | {failure.readings:,} ({failure.positives:,}) | "
-        f"{warned} / {total} | {_fmt(median, '.1f')} h | "
+        f"{warned} / {total} | {_fmt(median, '.1f')} h | {_fmt(median0, '.1f')} h | "
         f"{_fmt(failure.false_warnings_per_device_day, '.2f')} |",
         "",
         f"Devices with a predictor for their metric set: {run.predicted_devices} / {run.devices}.",
@@ -605,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     if test.predicted_devices:
         failure = failure_figures(test, failure_model.horizon_h)
         note = f"from `{artifact}`"
+        if artifact.is_file():
+            note += f" (sha256 {hashlib.sha256(artifact.read_bytes()).hexdigest()[:12]}…)"
     elif artifact.exists():
         note = f"`{artifact}` exists but has no predictor for any held-out device's metric set."
     else:

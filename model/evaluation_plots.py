@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from model.evaluation_metrics import anomaly_windows, runs
 from simulator.anomalies import ANOMALY_KINDS
@@ -103,6 +104,7 @@ def plot_leads(path: Path, leads_h: list[float], missed: int, horizon_h: float) 
     ax.axvline(horizon_h, color="black", lw=0.8, ls="--", label=f"horizon {horizon_h:g} h")
     ax.set_xlabel("hours from first maintenance_due to failure")
     ax.set_ylabel("failures")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{len(leads_h)} failures warned, {missed} not warned", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -163,6 +163,14 @@ def test_main_writes_the_report_without_a_predictor(tmp_path: Path) -> None:
     assert not (out / "failure_roc.png").exists()
 
 
+def test_day_chunks_join_into_one_chunk() -> None:
+    fleet = evaluate.Fleet(evaluate.FleetConfig(devices=2, seed=1), start=evaluate.START)
+    chunk = evaluate.simulate_chunks(fleet, 25, 10)
+    assert chunk.present.shape == (25, 2)
+    assert chunk.values["rpm"].shape == (25, 2)
+    assert np.all(np.diff(chunk.times_ms) == 10_000)
+
+
 class _StubPredictor:
     """A failure model that warns from the long-scale deviation trend (for the plumbing)."""
 
@@ -181,7 +189,8 @@ def test_main_reports_failure_figures_with_a_predictor(
 ) -> None:
     monkeypatch.setattr(evaluate, "load_failure_model", lambda _: _StubPredictor())
     argv = [
-        "--out", str(tmp_path), "--devices", "6", "--days", "2", "--seed", "10",
+        "--model", str(tmp_path / "stub"), "--out", str(tmp_path), "--devices", "6",
+        "--days", "2", "--seed", "10",
         "--validation-devices", "2", "--validation-days", "0.75", "--interval", "60",
     ]  # fmt: skip
     assert evaluate.main(argv) == 0
