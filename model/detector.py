@@ -138,7 +138,14 @@ class _Rows(NamedTuple):
 
 def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
     """Stack the states of one group along a leading device axis (a copy: inputs stay intact)."""
-    g = {key: np.stack([getattr(s, key) for s in states]) for key in _ARRAYS}
+    d = len(states)
+    # One concatenation per field (then a reshape) is a single C call; np.stack is several.
+    g = {
+        key: np.concatenate([getattr(s, key) for s in states]).reshape(
+            d, *getattr(states[0], key).shape
+        )
+        for key in _ARRAYS
+    }
     for key in _INTS:
         g[key] = np.array([getattr(s, key) for s in states], dtype=np.int64)
     for key in _SCALARS:
@@ -297,15 +304,22 @@ def _score_round(
     corr[:, diag, diag] = 1.0
     corr = (1.0 - cfg.shrinkage) * corr + cfg.shrinkage * np.eye(k)
     slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
+    one = corr.shape[0] == 1
     for idx, pr in _patterns(use):
-        dp = ri[pr]
-        first = np.empty(dp.size, dtype=bool)
-        first[0] = True
-        np.not_equal(dp[1:], dp[:-1], out=first[1:])
-        u = dp[first]
-        uinv = np.cumsum(first) - 1
+        if one:
+            u, uinv = np.zeros(1, dtype=np.int64), np.zeros(pr.size, dtype=np.int64)
+        else:
+            dp = ri[pr]
+            first = np.empty(dp.size, dtype=bool)
+            first[0] = True
+            np.not_equal(dp[1:], dp[:-1], out=first[1:])
+            u = dp[first]
+            uinv = np.cumsum(first) - 1
         m = idx.size
-        sub = corr[u] if m == k else corr[np.ix_(u, idx, idx)]
+        if m == k:
+            sub = corr if one or u.size == corr.shape[0] else corr[u]
+        else:
+            sub = corr[np.ix_(u, idx, idx)]
         finite = np.isfinite(sub).all(axis=(1, 2))
         if not finite.all():
             # An overflowed baseline: not scored; the state is reset after this batch.
@@ -515,6 +529,7 @@ def _score_group(
             sel: slice | np.ndarray = slice(None) if a1 - a0 == d else act
             ri = rows.run[lo:hi] - a0
             feat, rdy = _features(g, sel, cfg)
+            feat = np.nan_to_num(feat, nan=0.0, posinf=0.0, neginf=0.0)
             features[lo:hi], ready[lo:hi] = feat[ri], rdy[ri]
             scored = _score_round(g, sel, rows, lo, hi, ri, cfg, k)
             score[lo:hi], top[lo:hi] = scored[0], scored[1]
@@ -524,30 +539,24 @@ def _score_group(
         back[order] = np.arange(n)
         score, top, features, ready = score[back], top[back], features[back], ready[back]
     g["t_last"] = np.maximum(g["t_last"], t_max)
-    finite = np.isfinite(g["pg_n"]) & np.isfinite(g["pg_s"])
-    for key in _ARRAYS:
-        finite &= np.isfinite(g[key]).reshape(d, -1).all(axis=1)
+    every = np.concatenate(
+        [g["pg_n"][:, None], g["pg_s"][:, None], *(g[key].reshape(d, -1) for key in _ARRAYS)],
+        axis=1,
+    )
+    finite = np.isfinite(every).all(axis=1).tolist()
     score = np.nan_to_num(score, nan=0.0)
-    features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
     flags = score >= cfg.threshold
-    ints = [g[key].tolist() for key in _INTS]
-    scalars = [g[key].tolist() for key in _SCALARS]
-    arrays = [list(g[key]) for key in _ARRAYS]
+    fields = zip(
+        *(g[key].tolist() for key in _INTS), *(list(g[key]) for key in _ARRAYS),
+        *(g[key].tolist() for key in _SCALARS), strict=True,
+    )  # fmt: skip
+    cuts = np.cumsum(lens).tolist()
     out: list[tuple[DeviceState, DeviceScores]] = []
-    s = 0
-    for j, ok in enumerate(finite.tolist()):
-        if ok:
-            st = DeviceState(
-                list(names), *(v[j] for v in ints), *(a[j] for a in arrays),
-                *(v[j] for v in scalars),
-            )  # fmt: skip
-        else:
-            # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite
-            # JSON, so the device starts afresh rather than poisoning every later request.
-            st = DeviceState.fresh(names, ints[1][j], ints[2][j])
-        e = s + lens[j]
+    for ok, row, s, e in zip(finite, fields, [0, *cuts[:-1]], cuts, strict=True):
+        # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite JSON,
+        # so the device starts afresh rather than poisoning every later request.
+        st = DeviceState(list(names), *row) if ok else DeviceState.fresh(names, row[1], row[2])
         out.append((st, DeviceScores(score[s:e], flags[s:e], top[s:e], features[s:e], ready[s:e])))
-        s = e
     return out
 
 

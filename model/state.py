@@ -96,7 +96,10 @@ class DeviceState:
         A new metric in a device's stream (a sensor added) should not throw away what was
         learned about the others, so the arrays grow instead of the baseline restarting.
         """
-        new = [n for n in names if n not in set(self.names)]
+        if names == self.names:
+            return self
+        known = set(self.names)
+        new = [n for n in names if n not in known]
         if not new:
             return self
         k0, k = len(self.names), len(self.names) + len(new)
@@ -166,7 +169,7 @@ def _pack(m: np.ndarray) -> list[float]:
     return m[_triu(k)].tolist()
 
 
-def _unpack(values: list[float], k: int) -> np.ndarray:
+def _unpack(values: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros((k, k))
     if k > MAX_FULL_COV:
         out[np.diag_indices(k)] = values
@@ -179,27 +182,65 @@ def _unpack(values: list[float], k: int) -> np.ndarray:
 
 def dump_state(state: DeviceState) -> dict[str, Any]:
     """Return the JSON form ``{"v": 2, "metrics": [...], ...}``; symmetric matrices as triangles."""
+    k = len(state.names)
+    pick = (lambda m: np.diag(m)) if k > MAX_FULL_COV else (lambda m: m[_triu(k)])
+    parts = [
+        *(getattr(state, key) for key in _VECTORS),
+        *(pick(getattr(state, key)) for key in _MATRICES),
+        *(getattr(state, key).reshape(-1) for key in (*_TRENDS, *_GLOBAL)),
+        np.array([state.pg_n, state.pg_s], dtype=float),
+    ]
+    # One conversion to Python floats for the whole state, then list slices: a state is
+    # dumped for every device of every request.
+    flat = np.concatenate(parts).tolist()
     out: dict[str, Any] = {"v": STATE_VERSION, "metrics": list(state.names)}
     for key in _INTS:
         out[key] = int(getattr(state, key))
-    for key in _VECTORS:
-        out[key] = getattr(state, key).tolist()
-    for key in _MATRICES:
-        out[key] = _pack(getattr(state, key))
-    for key in (*_TRENDS, *_GLOBAL):
-        out[key] = getattr(state, key).reshape(-1).tolist()
-    for key in _SCALARS:
-        out[key] = float(getattr(state, key))
+    pos = 0
+    for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
+        out[key] = flat[pos : pos + part.shape[0]]
+        pos += part.shape[0]
+    out["pg_n"], out["pg_s"] = flat[pos], flat[pos + 1]
     return out
 
 
-def _floats(raw: object, n: int) -> np.ndarray | None:
+_NUMBER = frozenset((int, float))
+# Fields that can never be negative: weights, sums of squares, and the covariance's diagonal.
+_NONNEG = ("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "tr_q", "pc_q")
+
+
+@lru_cache(maxsize=256)
+def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """Return the stored fields of a state (name, length) and where it must not be negative.
+
+    Cached: every request loads every device's state, and most devices share a metric count.
+    """
+    n_packed = k if k > MAX_FULL_COV else k * (k + 1) // 2
+    fields = [(key, k) for key in _VECTORS if version != 1 or key not in _NEW_IN_V2]
+    fields += [(key, n_packed) for key in _MATRICES]
+    if version != 1:
+        fields += [(key, TREND_SCALES * k) for key in _TRENDS]
+        fields += [(key, TREND_SCALES) for key in _GLOBAL]
+        fields += [("pg_n", 1), ("pg_s", 1)]
+    masks = []
+    for key, n in fields:
+        if key in _NONNEG or key == "pg_n":
+            masks.append(np.ones(n, dtype=bool))
+        elif key == "cov":
+            iu = _triu(k)
+            masks.append(np.ones(n, dtype=bool) if k > MAX_FULL_COV else iu[0] == iu[1])
+        else:
+            masks.append(np.zeros(n, dtype=bool))
+    return fields, np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *masks]))
+
+
+def _numbers(raw: object, n: int) -> bool:
+    """Whether ``raw`` is a list of ``n`` JSON numbers (booleans are not numbers here)."""
     if not isinstance(raw, list) or len(raw) != n:
-        return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw):
-        return None
-    arr = np.asarray(raw, dtype=float)
-    return arr if np.isfinite(arr).all() else None
+        return False
+    if _NUMBER.issuperset(map(type, raw)):
+        return True  # the usual case, checked in C
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
 
 
 def load_state(raw: object) -> DeviceState | None:
@@ -210,6 +251,7 @@ def load_state(raw: object) -> DeviceState | None:
     """
     if not isinstance(raw, Mapping) or raw.get("v") not in (1, STATE_VERSION):
         return None
+    version = raw["v"]
     names = raw.get("metrics")
     if (
         not isinstance(names, list)
@@ -224,52 +266,43 @@ def load_state(raw: object) -> DeviceState | None:
         if isinstance(value, bool) or not isinstance(value, int):
             return None
         ints[key] = value
+    fields, nonneg = _layout(k, version)
+    values: list[Any] = []
+    for key, n in fields:
+        item = raw.get(key)
+        if key in _SCALARS:
+            item = [item]
+        if not _numbers(item, n):
+            return None
+        values += item  # type: ignore[arg-type]
+    # All numbers in one array: one conversion and one check per state, not one per field.
+    try:
+        flat = np.array(values, dtype=float)
+    except OverflowError:
+        return None
+    if not np.isfinite(flat).all() or (flat[nonneg] < 0).any():
+        return None
     arrays: dict[str, np.ndarray] = {}
-    for key in _VECTORS:
-        if raw["v"] == 1 and key in _NEW_IN_V2:
-            continue
-        arr = _floats(raw.get(key), k)
-        if arr is None:
-            return None
-        arrays[key] = arr
-    n_packed = k if k > MAX_FULL_COV else k * (k + 1) // 2
-    for key in _MATRICES:
-        arr = _floats(raw.get(key), n_packed)
-        if arr is None:
-            return None
-        arrays[key] = _unpack(arr.tolist(), k)
     scalars = {key: 0.0 for key in _SCALARS}
-    if raw["v"] == 1:
+    pos = 0
+    for key, n in fields:
+        part = flat[pos : pos + n]
+        pos += n
+        if key in _SCALARS:
+            scalars[key] = float(part[0])
+        elif key in _TRENDS:
+            arrays[key] = part.reshape(TREND_SCALES, k)
+        else:
+            arrays[key] = part
+    for key in _MATRICES:
+        arrays[key] = _unpack(arrays[key], k)
+    if version == 1:
         # A version-1 state has the baseline but no trend yet: keep what it learned.
         for key in _TRENDS:
             arrays[key] = np.zeros((TREND_SCALES, k))
         for key in _GLOBAL:
             arrays[key] = np.zeros(TREND_SCALES)
-    else:
-        for key, n in ((key, TREND_SCALES * k) for key in _TRENDS):
-            arr = _floats(raw.get(key), n)
-            if arr is None:
-                return None
-            arrays[key] = arr.reshape(TREND_SCALES, k)
-        for key in _GLOBAL:
-            arr = _floats(raw.get(key), TREND_SCALES)
-            if arr is None:
-                return None
-            arrays[key] = arr
-        for key in _SCALARS:
-            arr = _floats([raw.get(key)], 1)
-            if arr is None:
-                return None
-            scalars[key] = float(arr[0])
-    for key in _NEW_IN_V2:
-        arrays.setdefault(key, np.zeros(k))
-    if raw["v"] == 1:
+        for key in _NEW_IN_V2:
+            arrays[key] = np.zeros(k)
         arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
-    weights = [
-        arrays[w] for w in ("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n")
-    ]
-    if any((w < 0).any() for w in weights) or (np.diag(arrays["cov"]) < 0).any():
-        return None
-    if (arrays["tr_q"] < 0).any() or (arrays["pc_q"] < 0).any() or scalars["pg_n"] < 0:
-        return None
     return DeviceState(list(names), **ints, **arrays, **scalars)
