@@ -93,7 +93,9 @@ def _epoch_ms(value: object, where: str) -> int:
 
 # The common shape of a timestamp: minute, seconds, optional fraction (at most microseconds),
 # offset. Readings of a request share their minute and offset, so those are parsed once.
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,6}))?(Z|[+-]\d\d:\d\d)")
+_STAMP = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,6}))?(Z|[+-]\d\d:\d\d)", re.ASCII
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _minutes: dict[tuple[str, str], int | None] = {}
 

@@ -8,12 +8,14 @@ one bucket at a time) as it was before the batched core: the reference every res
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 
+from model import score
 from model.detector import (
     DetectorConfig,
     DeviceScores,
@@ -21,7 +23,14 @@ from model.detector import (
     score_devices,
     trend_feature_names,
 )
-from model.score import CONTRACT, score_request
+from model.score import (
+    CONTRACT,
+    RequestError,
+    _device_arrays,
+    _epoch_ms,
+    _parse_ms,
+    score_request,
+)
 from model.state import MAX_FULL_COV, TREND_SCALES, DeviceState, dump_state, load_state
 from simulator.fleet import METRICS, Fleet, FleetConfig
 
@@ -599,3 +608,263 @@ def test_score_request_split_into_many_requests_equals_one_request() -> None:
                 np.testing.assert_allclose(state[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
             else:
                 assert state[key] == value, key
+
+
+# ---------------------------------------------------------------------------------------------
+# score_request's parsing: the fast paths equal the general ones.
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_device_arrays(
+    readings: object, where: str
+) -> tuple[list[str], np.ndarray, np.ndarray, list[Any]]:
+    """The per-reading parser as it was before the fast paths (verbatim)."""
+    if not isinstance(readings, list):
+        raise RequestError(where, "must be an array")
+    names: dict[str, int] = {}
+    times: list[int] = []
+    stamps: list[Any] = []
+    rows: list[dict[int, float]] = []
+    for i, reading in enumerate(readings):
+        at = f"{where}[{i}]"
+        if not isinstance(reading, Mapping):
+            raise RequestError(at, "must be an object")
+        times.append(_epoch_ms(reading.get("timestamp"), f"{at}.timestamp"))
+        stamps.append(reading["timestamp"])
+        metrics = reading.get("metrics")
+        if not isinstance(metrics, Mapping):
+            raise RequestError(f"{at}.metrics", "must be an object")
+        row: dict[int, float] = {}
+        for name, value in metrics.items():
+            if value is None:
+                continue  # a missing metric: scored on the others
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RequestError(f"{at}.metrics.{name}", "must be a number or null")
+            row[names.setdefault(name, len(names))] = float(value)
+        rows.append(row)
+    x = np.full((len(rows), len(names)), np.nan)
+    for i, row in enumerate(rows):
+        if row:
+            x[i, list(row)] = list(row.values())
+    return list(names), np.asarray(times, dtype=np.int64), x, stamps
+
+
+def outcome(call: Any, *args: Any) -> Any:
+    try:
+        return ("ok", call(*args))
+    except RequestError as exc:
+        return ("error", exc.field, exc.message)
+
+
+STAMPS = [
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00+00:00",
+    "2026-11-27T23:59:59.999999Z",
+    "2026-11-27T23:59:59.9999999Z",  # more than microseconds: truncated
+    "2026-11-27T12:34:56.1Z",
+    "2026-11-27T12:34:56.12+05:30",
+    "2026-11-27T12:34:56.123-08:00",
+    "2026-11-27T12:34:56.1234+14:00",
+    "2026-11-27T12:34:56.12345-12:00",
+    "2026-11-27T12:34:56,123Z",
+    "2026-11-27T12:34:56.123+0100",
+    "2026-11-27T12:34Z",
+    "2026-11-27t12:34:56z",
+    "1960-02-29T01:02:03.004005Z",  # before the epoch: floor, not truncation
+    "1969-12-31T23:59:59.9995Z",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999+00:00",
+    "2026-11-27T12:34:60Z",  # no leap seconds
+    "2026-13-01T00:00:00Z",
+    "2026-02-30T00:00:00Z",
+    "2026-11-27T24:00:00Z",
+    "2026-11-27T12:34:56+24:00",
+    "2026-11-27T12:34:56",  # no offset
+    "2026-11-27 12:34:56Z",
+    "not a time",
+    "2026-11-27T12:34:\u0665\u0666Z",  # digits, but not ASCII ones
+    "2026-11-27T12:34:56.\u0661Z",
+    "",
+    "2026-11-27T12:34:56.123456789012345678901234567890Z",
+    None,
+    1767225600000,
+]
+
+
+@pytest.mark.parametrize("stamp", STAMPS)
+def test_parse_ms_equals_the_general_parser(stamp: object) -> None:
+    want = outcome(_epoch_ms, stamp, "t")
+    assert outcome(_parse_ms, stamp, "t", {}) == want
+    cache: dict[str, int] = {}
+    outcome(_parse_ms, stamp, "t", cache)
+    assert outcome(_parse_ms, stamp, "t", cache) == want  # and from the cache
+
+
+def test_parse_ms_equals_the_general_parser_on_random_times() -> None:
+    rng = np.random.default_rng(0)
+    cache: dict[str, int] = {}
+    for us in rng.integers(-(10**15), 10**16, size=3000).tolist():
+        ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+        offset = timezone(timedelta(minutes=int(rng.integers(-12 * 60, 14 * 60))))
+        digits = int(rng.integers(0, 7))
+        text = ts.astimezone(offset).isoformat(timespec="microseconds")
+        cut = text.index(".")
+        text = (
+            text[: cut + 1 + digits] + text[cut + 7 :] if digits else text[:cut] + text[cut + 7 :]
+        )
+        assert _parse_ms(text, "t", cache) == _epoch_ms(text, "t"), text
+
+
+def readings_case(name: str) -> list[Any]:
+    base = [
+        {
+            "timestamp": f"2026-01-01T00:{i // 6:02d}:{i % 6 * 10:02d}Z",
+            "metrics": {"a": 1.0 + i, "b": 2 * i},
+        }
+        for i in range(12)
+    ]
+    if name == "uniform":
+        return base
+    if name == "empty":
+        return []
+    if name == "no-metrics":
+        return [{**r, "metrics": {}} for r in base]
+    if name == "null":
+        base[3]["metrics"] = {"a": None, "b": 1.0}
+        return base
+    if name == "null-first":
+        base[0]["metrics"] = {"a": None, "b": 1.0}  # names in order of first non-null value
+        return base
+    if name == "only-null":
+        base[5]["metrics"] = {"a": 1.0, "b": 2.0, "c": None}
+        return base
+    if name == "reordered":
+        base[4]["metrics"] = {"b": 1.0, "a": 2.0}
+        return base
+    if name == "missing-key":
+        base[2]["metrics"] = {"b": 1.0}
+        return base
+    if name == "new-key":
+        base[7]["metrics"] = {"a": 1.0, "b": 2.0, "c": 3}
+        return base
+    if name == "big-int":
+        base[1]["metrics"] = {"a": 2**63 + 1, "b": -(2**70)}
+        return base
+    if name == "bool":
+        base[6]["metrics"] = {"a": 1.0, "b": True}
+        return base
+    if name == "string-after-null":
+        base[6]["metrics"] = {"a": None, "b": "hot"}
+        return base
+    if name == "not-an-object":
+        base[2] = ["a"]  # type: ignore[call-overload]
+        return base
+    if name == "metrics-not-an-object":
+        base[2]["metrics"] = [1.0]
+        return base
+    if name == "bad-time":
+        base[9]["timestamp"] = "2026-01-01T00:00:00"
+        return base
+    if name == "bad-time-after-null":
+        base[2]["metrics"] = {"a": None}
+        base[9]["timestamp"] = 5
+        return base
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "uniform", "empty", "no-metrics", "null", "null-first", "only-null", "reordered",
+        "missing-key", "new-key", "big-int", "bool", "string-after-null", "not-an-object",
+        "metrics-not-an-object", "bad-time", "bad-time-after-null",
+    ],
+)  # fmt: skip
+def test_device_arrays_equal_the_general_parser(case: str) -> None:
+    readings = readings_case(case)
+    want = outcome(ref_device_arrays, readings, "devices[0].readings")
+    got = outcome(_device_arrays, readings, "devices[0].readings")
+    if want[0] == "error":
+        assert got == want
+        return
+    names, t, x, stamps = got[1]
+    assert names == want[1][0]
+    assert t.dtype == np.int64
+    assert t.tolist() == want[1][1].tolist()
+    assert x.shape == want[1][2].shape
+    np.testing.assert_array_equal(x, want[1][2])
+    assert stamps == want[1][3]
+
+
+# ---------------------------------------------------------------------------------------------
+# The failure predictor in the response.
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeFailure:
+    """Answers for one metric set only, with a NaN row (trend not ready) and a due row."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.calls: list[tuple[list[str], tuple[int, ...], int]] = []
+
+    def predict(self, names: list[str], features: np.ndarray, ready: np.ndarray) -> Any:
+        self.calls.append((list(names), features.shape, int(ready.sum())))
+        if names != self.names:
+            return None
+        n = features.shape[0]
+        prob = np.linspace(0.0, 1.0, n)
+        prob[0] = np.nan
+        return prob, prob >= 0.5
+
+
+def test_score_request_fills_failure_fields_from_the_predictor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    per_device = fleet_request_readings(3, 30, seed=1)
+    kinds = {}
+    for d, readings in per_device.items():
+        names: list[str] = []
+        for r in readings:
+            names += [m for m in r["metrics"] if m not in names and r["metrics"][m] is not None]
+        kinds[d] = names
+    first = next(iter(per_device))
+    fake = FakeFailure(kinds[first])
+    monkeypatch.setattr(score, "_failure", fake)
+    out = score_request(as_request(per_device, {}), SHORT)
+    json.dumps(out, allow_nan=False)
+    for device in out["devices"]:
+        preds = device["predictions"]
+        if kinds[device["device_id"]] != kinds[first]:
+            assert {p["failure_probability"] for p in preds} == {None}
+            assert {p["maintenance_due"] for p in preds} == {None}
+            continue
+        n = len(preds)
+        assert preds[0]["failure_probability"] is None
+        assert preds[0]["maintenance_due"] is None
+        prob = np.linspace(0.0, 1.0, n)
+        assert [p["failure_probability"] for p in preds[1:]] == prob[1:].tolist()
+        assert [p["maintenance_due"] for p in preds[1:]] == (prob[1:] >= 0.5).tolist()
+        assert all(type(p["maintenance_due"]) is bool for p in preds[1:])
+    assert [c[1][0] for c in fake.calls] == [len(r) for r in per_device.values()]
+    assert all(c[1][1] == len(trend_feature_names(c[0])) for c in fake.calls)
+
+
+def test_init_loads_the_failure_model_from_the_model_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    seen: list[object] = []
+
+    def load(model_dir: object) -> FakeFailure:
+        seen.append(model_dir)
+        return FakeFailure(["nothing"])
+
+    monkeypatch.setattr(score, "load_failure_model", load)
+    monkeypatch.setattr(score, "_failure", score._failure)
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
+    score.init()
+    assert seen == [str(tmp_path)]
+    assert isinstance(score._failure, FakeFailure)
+    monkeypatch.delenv("AZUREML_MODEL_DIR")
+    score.init()
+    assert seen == [str(tmp_path), None]
