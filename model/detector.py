@@ -46,9 +46,13 @@ __all__ = [
     "trend_feature_names",
 ]
 
-_PENDING = ("p_w", "p_x", "p_s", "p_n", "pc_n", "pc_s", "pc_q", "pg_n", "pg_s")
-# What a fold reads: every array and pending scalar, and the buckets.
-_FOLD_IN = (*_ARRAYS, "pg_n", "pg_s", "bucket", "folded")
+# What the baseline's fold reads.
+_BASELINE = (
+    *("mean", "w_mean", "slow", "w_slow", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n"),
+    *("bucket", "folded"),
+)
+# The baseline a run's readings are scored against, recorded per run.
+_SNAP = ("mean", "slow", "cov", "w_cov", "w_mean")
 
 
 @dataclass(frozen=True)
@@ -155,17 +159,21 @@ def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
 
 def _fold(
     g: dict[str, np.ndarray], f: np.ndarray, new_bucket: np.ndarray, k: int, cfg: DetectorConfig
-) -> None:
+) -> tuple[np.ndarray, np.ndarray]:
     """Learn the pending buckets of devices ``f`` into their baselines, then move them on.
 
     Decayed by the time since each device's last fold; a device with nothing pending only
-    moves to its new bucket.
+    moves to its new bucket. The trend's part of the fold is left to :func:`_trends` (it needs
+    the scores, which are computed for all buckets at once): returned are which of ``f``
+    learned, and after how long (seconds).
     """
-    d = f[g["p_w"][f].any(axis=1)]
+    learned = g["p_w"][f].any(axis=1)
+    d = f[learned]
+    dt = np.zeros(0)
     if d.size:
         every = d.size == g["p_w"].shape[0]
         sel: slice | np.ndarray = slice(None) if every else d
-        v = {key: g[key][sel] for key in _FOLD_IN}
+        v = {key: g[key][sel] for key in _BASELINE}
         dt = np.maximum(0, v["bucket"] - v["folded"]) * cfg.bucket_s
         dl = np.exp(-dt / cfg.tau_location_s)[:, None]
         dc = np.exp(-dt / cfg.tau_scale_s)[:, None]
@@ -173,6 +181,8 @@ def _fold(
         mean = np.where(
             wm > 0, (dl * v["w_mean"] * v["mean"] + v["p_x"]) / np.maximum(wm, 1e-300), 0
         )
+        # Residuals are around the mean the bucket was scored against: a moving mean widens
+        # the covariance slightly, the cautious side for false alarms.
         dcm = dc[:, :, None]
         wc = dcm * v["w_cov"] + v["p_n"]
         cov = (dcm * v["w_cov"] * v["cov"] + v["p_s"]) / np.maximum(wc, 1e-300)
@@ -183,37 +193,16 @@ def _fold(
         slow = np.where(
             ws > 0, (dc * v["w_slow"] * v["slow"] + v["p_x"]) / np.maximum(ws, 1e-300), 0.0
         )
-        a = np.exp(-dt[:, None] / np.asarray(cfg.trend_taus_s))
-        a3 = a[:, :, None]
         new = {
             "mean": mean, "w_mean": wm, "slow": slow, "w_slow": ws, "cov": cov, "w_cov": wc,
-            "tr_w": a3 * v["tr_w"] + v["pc_n"][:, None, :],
-            "tr_s": a3 * v["tr_s"] + v["pc_s"][:, None, :],
-            "tr_q": a3 * v["tr_q"] + v["pc_q"][:, None, :],
-            "tg_w": a * v["tg_w"] + v["pg_n"][:, None],
-            "tg_s": a * v["tg_s"] + v["pg_s"][:, None],
             "folded": v["bucket"],
         }  # fmt: skip
         for key, value in new.items():
             g[key][sel] = value
-        for key in _PENDING:
+        for key in ("p_w", "p_x", "p_s", "p_n"):
             g[key][sel] = 0.0
     g["bucket"][f] = new_bucket
-
-
-def _features(
-    g: dict[str, np.ndarray], sel: slice | np.ndarray, cfg: DetectorConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """The trend features of devices ``sel`` as rows, and whether each is ready."""
-    tr_w, tg_w = g["tr_w"][sel], g["tg_w"][sel]
-    w = np.maximum(tr_w, 1e-300)
-    mean = np.where(tr_w > 0, g["tr_s"][sel] / w, 0.0)
-    rms = np.sqrt(np.where(tr_w > 0, g["tr_q"][sel] / w, 0.0))
-    dev = np.where(tg_w > 0, g["tg_s"][sel] / np.maximum(tg_w, 1e-300), 0.0)
-    parts: list[np.ndarray] = []
-    for s in range(TREND_SCALES):
-        parts += [mean[:, s], rms[:, s], dev[:, s : s + 1]]
-    return np.concatenate(parts, axis=1), tg_w[:, -1] >= cfg.warmup_readings
+    return learned, dt
 
 
 def _patterns(use: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -237,7 +226,7 @@ def _patterns(use: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse)).tolist()
     out = []
-    for pi, (s, e) in enumerate(zip([0, *bounds[:-1]], bounds, strict=True)):
+    for pi, (s, e) in enumerate(pairwise([0, *bounds])):
         idx = np.flatnonzero(use[first[pi]])
         if idx.size:
             out.append((idx, order[s:e]))
@@ -245,9 +234,9 @@ def _patterns(use: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _times(zs: np.ndarray, dev: np.ndarray, prec: np.ndarray) -> np.ndarray:
-    """Rows ``zs`` (2, n, m) times their device's matrix ``prec[dev]``; rows sorted by device.
+    """Rows ``zs`` (2, n, m) times their run's matrix ``prec[dev]``; rows sorted by run.
 
-    One matrix product per device (a stacked matmul, rows padded to the longest run), as the
+    One matrix product per run (a stacked matmul, rows padded to the longest run), as the
     per-device reference did: the same BLAS kernel, so the same rounding. Einsum per row when
     the runs are too uneven for padding to pay.
     """
@@ -266,95 +255,43 @@ def _times(zs: np.ndarray, dev: np.ndarray, prec: np.ndarray) -> np.ndarray:
     return np.matmul(padded, prec)[:, dev, pos]
 
 
-def _score_round(
-    g: dict[str, np.ndarray],
-    sel: slice | np.ndarray,
-    rows: _Rows,
-    lo: int,
-    hi: int,
-    ri: np.ndarray,
-    cfg: DetectorConfig,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Score rows ``lo:hi`` (one run per device ``sel``) against the baselines.
+def _block_sums(
+    per_row: np.ndarray, starts: np.ndarray, run: np.ndarray, gram: int = 0
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Column sums of ``per_row`` per run (rows sorted by run, runs starting at ``starts``).
 
-    Returns score, top, conditional residual, used, calibrated deviate (NaN where nothing was
-    scored) and the per-device standard deviations (the learning step clips with them).
+    With ``gram``: also the Gram matrices (``c.T @ c``) per run of the last ``gram`` columns
+    and of the first ``gram``. One zero-padded block per run: the same sums and products, in
+    the same order, as one run at a time (so the same rounding as the per-device reference).
     """
-    n = hi - lo
-    mean, cov, w_cov = g["mean"][sel], g["cov"][sel], g["w_cov"][sel]
-    var = np.diagonal(cov, axis1=1, axis2=2)
-    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
-    score = np.zeros(n)
-    top = np.full(n, -1, dtype=np.int64)
-    cond = np.zeros((n, k))
-    dev = np.full(n, np.nan)
-    warm = np.minimum(np.diagonal(w_cov, axis1=1, axis2=2), g["w_mean"][sel]) >= cfg.warmup_readings
-    use = rows.present[lo:hi] & warm[ri] & rows.ready[lo:hi, None]
-    if not use.any():
-        return score, top, cond, use, dev, sd
-    x = rows.x[lo:hi]
-    sd_r = sd[ri]
-    z = np.where(use, (x - mean[ri]) / sd_r, 0.0)
-    z_slow = np.where(use, (x - g["slow"][sel][ri]) / sd_r, 0.0)
-    corr = cov / (sd[:, :, None] * sd[:, None, :])
-    pair_ok = w_cov >= cfg.warmup_readings if k <= MAX_FULL_COV else np.eye(k, dtype=bool)
-    corr = np.where(pair_ok, corr, 0.0)
-    diag = np.arange(k)
-    corr[:, diag, diag] = 1.0
-    corr = (1.0 - cfg.shrinkage) * corr + cfg.shrinkage * np.eye(k)
-    slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
-    one = corr.shape[0] == 1
-    for idx, pr in _patterns(use):
-        if one:
-            u, uinv = np.zeros(1, dtype=np.int64), np.zeros(pr.size, dtype=np.int64)
-        else:
-            dp = ri[pr]
-            first = np.empty(dp.size, dtype=bool)
-            first[0] = True
-            np.not_equal(dp[1:], dp[:-1], out=first[1:])
-            u = dp[first]
-            uinv = np.cumsum(first) - 1
-        m = idx.size
-        if m == k:
-            sub = corr if one or u.size == corr.shape[0] else corr[u]
-        else:
-            sub = corr[np.ix_(u, idx, idx)]
-        finite = np.isfinite(sub).all(axis=(1, 2))
-        if not finite.all():
-            # An overflowed baseline: not scored; the state is reset after this batch.
-            keep = finite[uinv]
-            pr, uinv = pr[keep], (np.cumsum(finite) - 1)[uinv[keep]]
-            sub = sub[finite]
-            if not pr.size:
-                continue
-        lam, vec = np.linalg.eigh(sub)
-        lam = np.maximum(lam, cfg.eigen_floor)
-        prec = (vec / lam[:, None, :]) @ vec.transpose(0, 2, 1)
-        full = m == k
-        zs = z[pr] if full else z[np.ix_(pr, idx)]
-        zs_slow = z_slow[pr] if full else z_slow[np.ix_(pr, idx)]
-        gg, cs = _times(np.stack([zs, zs_slow]), uinv, prec)
-        dist2 = np.einsum("ij,ij->i", gg, zs)
-        p = float(m)
-        c = 2.0 / (9.0 * p)
-        wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
-        score[pr] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
-        dev[pr] = wh
-        # g_j / sqrt(prec_jj): metric j's residual once the others have explained what they
-        # can (the standardised residual of regressing it on them). The trend takes it
-        # against the slow location, signed.
-        inv_sd = (1.0 / np.sqrt(np.diagonal(prec, axis1=1, axis2=2)))[uinv]
-        top[pr] = idx[np.argmax(np.abs(gg) * inv_sd, axis=1)]
-        cs = cs * inv_sd
-        if full:
-            cond[pr] = cs
-        else:
-            cond[np.ix_(pr, idx)] = cs
-    return score, top, cond, use, dev, sd
+    n = per_row.shape[0]
+    a = starts.shape[0]
+    counts = np.diff(np.append(starts, n))
+    longest = int(counts.max())
+    cross = pairs = None
+    if a * longest > 2 * n + 64:
+        # Runs too uneven to pad (one device with most of the readings): sum by segments.
+        sums = np.add.reduceat(per_row, starts, axis=0)
+        if gram:
+            r, pf = per_row[:, -gram:], per_row[:, :gram]
+            cross, pairs = np.zeros((a, gram, gram)), np.zeros((a, gram, gram))
+            for j, (s, e) in enumerate(pairwise([*starts.tolist(), n])):
+                cross[j], pairs[j] = r[s:e].T @ r[s:e], pf[s:e].T @ pf[s:e]
+        return sums, cross, pairs
+    if a * longest == n:
+        padded = per_row.reshape(a, longest, -1)
+    else:
+        padded = np.zeros((a, longest, per_row.shape[1]))
+        padded[run, np.arange(n) - starts[run]] = per_row
+    sums = padded.sum(axis=1)
+    if gram:
+        rp, fp = padded[:, :, -gram:], padded[:, :, :gram]
+        cross = np.matmul(rp.transpose(0, 2, 1), rp)
+        pairs = np.matmul(fp.transpose(0, 2, 1), fp)
+    return sums, cross, pairs
 
 
-def _learn_round(
+def _learn(
     g: dict[str, np.ndarray],
     sel: slice | np.ndarray,
     rows: _Rows,
@@ -362,75 +299,181 @@ def _learn_round(
     hi: int,
     ri: np.ndarray,
     starts: np.ndarray,
-    scored: tuple[np.ndarray, ...],
     cfg: DetectorConfig,
     k: int,
 ) -> None:
-    """Add each device's run to its pending sums, clipped once the baseline is trusted.
+    """Add each device's run (rows ``lo:hi``) to its pending sums, clipped once trusted.
 
     During the warm-up nothing is clipped: a baseline that first saw the machine stopped must
     still learn what running looks like, not treat it as an anomaly forever.
     """
-    _, _, cond, used, dev, sd = scored
-    mean = g["mean"][sel]
+    mean, w_cov = g["mean"][sel], g["w_cov"][sel]
+    var = np.diagonal(g["cov"][sel], axis1=1, axis2=2)
+    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
+    warm = np.diagonal(w_cov, axis1=1, axis2=2) >= cfg.warmup_readings
     present = rows.present[lo:hi]
-    warm = np.diagonal(g["w_cov"][sel], axis1=1, axis2=2) >= cfg.warmup_readings
-    mean_r = mean[ri]
+    one = mean.shape[0] == 1
+    mean_r = mean if one else mean[ri]
     r = rows.x[lo:hi] - mean_r
-    lim = (cfg.huber * sd)[ri]
-    r = np.where(warm[ri] & rows.ready[lo:hi, None], np.clip(r, -lim, lim), r)
+    lim = cfg.huber * sd if one else (cfg.huber * sd)[ri]
+    clip = (warm if one else warm[ri]) & rows.ready[lo:hi, None]
+    r = np.where(clip, np.clip(r, -lim, lim), r)
     r = np.where(present, r, 0.0)
     pf = present.astype(float)
-    c = np.clip(cond, -cfg.trend_clip, cfg.trend_clip)
-    ok = np.isfinite(dev)
-    per_row = np.concatenate(
-        [
-            pf,
-            pf * (mean_r + r),
-            used,
-            c,
-            c * c,
-            ok[:, None],
-            np.where(ok, np.clip(dev, -cfg.trend_clip, cfg.trend_clip), 0.0)[:, None],
-        ],
-        axis=1,
-    )
-    n = hi - lo
-    a = starts.shape[0]
-    counts = np.diff(np.append(starts, n))
-    longest = int(counts.max())
-    if a * longest > 2 * n + 64:
-        # Runs too uneven to pad (one device with most of the readings): sum by segments.
-        sums = np.add.reduceat(per_row, starts, axis=0)
-        if k <= 16:
-            outer = np.concatenate(
-                [r[:, :, None] * r[:, None, :], pf[:, :, None] * pf[:, None, :]], axis=2
-            )
-            both = np.add.reduceat(outer, starts, axis=0)
-            cross, pairs = both[:, :, :k], both[:, :, k:]
-        else:
-            cross, pairs = np.zeros((a, k, k)), np.zeros((a, k, k))
-            for j, (s, e) in enumerate(pairwise([*starts.tolist(), n])):
-                cross[j], pairs[j] = r[s:e].T @ r[s:e], pf[s:e].T @ pf[s:e]
-    else:
-        # One block per device, zero-padded to the longest run: the same sums and matrix
-        # products, in the same order, as one device at a time.
-        per_row = np.concatenate([per_row, r], axis=1)
-        if a * longest == n:
-            padded = per_row.reshape(a, longest, -1)
-        else:
-            padded = np.zeros((a, longest, per_row.shape[1]))
-            padded[ri, np.arange(n) - starts[ri]] = per_row
-        sums = padded.sum(axis=1)
-        rp, fp = padded[:, :, -k:], padded[:, :, :k]
-        cross = np.matmul(rp.transpose(0, 2, 1), rp)
-        pairs = np.matmul(fp.transpose(0, 2, 1), fp)
-    for j, key in enumerate(("p_w", "p_x", "pc_n", "pc_s", "pc_q")):
-        g[key][sel] += sums[:, j * k : (j + 1) * k]
-    g["pg_n"][sel] += sums[:, 5 * k]
-    g["pg_s"][sel] += sums[:, 5 * k + 1]
+    per_row = np.concatenate([pf, pf * (mean_r + r), r], axis=1)
+    sums, cross, pairs = _block_sums(per_row, starts, ri, gram=k)
+    g["p_w"][sel] += sums[:, :k]
+    g["p_x"][sel] += sums[:, k : 2 * k]
     g["p_s"][sel] += cross
     g["p_n"][sel] += pairs
+
+
+class _Scored(NamedTuple):
+    score: np.ndarray  # (n,)
+    top: np.ndarray  # (n,) -1 where nothing was scored
+    pending: np.ndarray  # (runs, 3k + 2) trend sums per run: used, residual, square, count, dev
+
+
+def _score_runs(base: dict[str, np.ndarray], rows: _Rows, cfg: DetectorConfig, k: int) -> _Scored:
+    """Score every reading against its run's baseline (``base``: one row per run).
+
+    All runs of all devices at once: the baselines are known before anything is scored,
+    since scores only feed the trend, never the baseline.
+    """
+    run = rows.run
+    n = run.shape[0]
+    mean, cov, w_cov = base["mean"], base["cov"], base["w_cov"]
+    var = np.diagonal(cov, axis1=1, axis2=2)
+    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
+    score = np.zeros(n)
+    top = np.full(n, -1, dtype=np.int64)
+    cond = np.zeros((n, k))
+    dev = np.full(n, np.nan)
+    warm = np.minimum(np.diagonal(w_cov, axis1=1, axis2=2), base["w_mean"]) >= cfg.warmup_readings
+    use = rows.present & warm[run] & rows.ready[:, None]
+    if use.any():
+        x = rows.x
+        sd_r = sd[run]
+        z = np.where(use, (x - mean[run]) / sd_r, 0.0)
+        z_slow = np.where(use, (x - base["slow"][run]) / sd_r, 0.0)
+        corr = cov / (sd[:, :, None] * sd[:, None, :])
+        pair_ok = w_cov >= cfg.warmup_readings if k <= MAX_FULL_COV else np.eye(k, dtype=bool)
+        corr = np.where(pair_ok, corr, 0.0)
+        diag = np.arange(k)
+        corr[:, diag, diag] = 1.0
+        corr = (1.0 - cfg.shrinkage) * corr + cfg.shrinkage * np.eye(k)
+        slope = np.log(9.0) / (cfg.z_threshold - cfg.z_mid)
+        for idx, pr in _patterns(use):
+            dp = run[pr]
+            first = np.empty(dp.size, dtype=bool)
+            first[0] = True
+            np.not_equal(dp[1:], dp[:-1], out=first[1:])
+            u = dp[first]
+            uinv = np.cumsum(first) - 1
+            m = idx.size
+            full = m == k
+            if full:
+                sub = corr if u.size == corr.shape[0] else corr[u]
+            else:
+                sub = corr[np.ix_(u, idx, idx)]
+            finite = np.isfinite(sub).all(axis=(1, 2))
+            if not finite.all():
+                # An overflowed baseline: not scored; the state is reset after this batch.
+                keep = finite[uinv]
+                pr, uinv = pr[keep], (np.cumsum(finite) - 1)[uinv[keep]]
+                sub = sub[finite]
+                if not pr.size:
+                    continue
+            lam, vec = np.linalg.eigh(sub)
+            lam = np.maximum(lam, cfg.eigen_floor)
+            prec = (vec / lam[:, None, :]) @ vec.transpose(0, 2, 1)
+            zs = z[pr] if full else z[np.ix_(pr, idx)]
+            zs_slow = z_slow[pr] if full else z_slow[np.ix_(pr, idx)]
+            gg, cs = _times(np.stack([zs, zs_slow]), uinv, prec)
+            dist2 = np.einsum("ij,ij->i", gg, zs)
+            p = float(m)
+            c = 2.0 / (9.0 * p)
+            wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
+            score[pr] = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
+            dev[pr] = wh
+            # g_j / sqrt(prec_jj): metric j's residual once the others have explained what
+            # they can (the standardised residual of regressing it on them). The trend takes
+            # it against the slow location, signed.
+            inv_sd = (1.0 / np.sqrt(np.diagonal(prec, axis1=1, axis2=2)))[uinv]
+            top[pr] = idx[np.argmax(np.abs(gg) * inv_sd, axis=1)]
+            if full:
+                cond[pr] = cs * inv_sd
+            else:
+                cond[np.ix_(pr, idx)] = cs * inv_sd
+    c = np.clip(cond, -cfg.trend_clip, cfg.trend_clip)
+    ok = np.isfinite(dev)
+    clipped = np.where(ok, np.clip(dev, -cfg.trend_clip, cfg.trend_clip), 0.0)
+    per_row = np.concatenate([use, c, c * c, ok[:, None], clipped[:, None]], axis=1)
+    pending, _, _ = _block_sums(per_row, rows.run_start, run)
+    return _Scored(score, top, pending)
+
+
+def _trends(
+    g: dict[str, np.ndarray],
+    rows: _Rows,
+    learned: np.ndarray,
+    dt: np.ndarray,
+    pending: np.ndarray,
+    cfg: DetectorConfig,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the trend through the buckets; return its features and readiness per run.
+
+    The trend's fold, in the same order as the baseline's: a run whose bucket start folded
+    (``learned``, after ``dt`` seconds) first decays the trend and adds the pending sums; its
+    readings then see the trend as it is, and its own sums become pending.
+    """
+    d = g["tr_w"].shape[0]
+    # Trend and pending sums side by side: [w, s, q] per metric, then the deviate's [w, s].
+    trend = np.concatenate(
+        [g["tr_w"], g["tr_s"], g["tr_q"], g["tg_w"][:, :, None], g["tg_s"][:, :, None]], axis=2
+    )
+    pend = np.concatenate(
+        [g["pc_n"], g["pc_s"], g["pc_q"], g["pg_n"][:, None], g["pg_s"][:, None]], axis=1
+    )
+    seen = np.empty((pending.shape[0], *trend.shape[1:]))
+    taus = np.asarray(cfg.trend_taus_s)
+    runs = rows.round_runs
+    for a0, a1 in pairwise(runs):
+        if a0 == a1:
+            continue
+        act = rows.run_dev[a0:a1]
+        sel: slice | np.ndarray = slice(None) if a1 - a0 == d else act
+        fl = learned[a0:a1]
+        if fl.all() and a1 - a0 == d:
+            a = np.exp(-dt[a0:a1][:, None] / taus)
+            trend = a[:, :, None] * trend + pend[:, None, :]
+            pend[:] = 0.0
+        elif fl.any():
+            f = act[fl]
+            a = np.exp(-dt[a0:a1][fl][:, None] / taus)
+            trend[f] = a[:, :, None] * trend[f] + pend[f][:, None, :]
+            pend[f] = 0.0
+        seen[a0:a1] = trend[sel]
+        pend[sel] += pending[a0:a1]
+    g["tr_w"], g["tr_s"], g["tr_q"] = (
+        trend[:, :, :k],
+        trend[:, :, k : 2 * k],
+        trend[:, :, 2 * k : 3 * k],
+    )
+    g["tg_w"], g["tg_s"] = trend[:, :, 3 * k], trend[:, :, 3 * k + 1]
+    g["pc_n"], g["pc_s"], g["pc_q"] = pend[:, :k], pend[:, k : 2 * k], pend[:, 2 * k : 3 * k]
+    g["pg_n"], g["pg_s"] = pend[:, 3 * k], pend[:, 3 * k + 1]
+    tr_w, tg_w = seen[:, :, :k], seen[:, :, 3 * k]
+    w = np.maximum(tr_w, 1e-300)
+    mean = np.where(tr_w > 0, seen[:, :, k : 2 * k] / w, 0.0)
+    rms = np.sqrt(np.where(tr_w > 0, seen[:, :, 2 * k : 3 * k] / w, 0.0))
+    dev = np.where(tg_w > 0, seen[:, :, 3 * k + 1] / np.maximum(tg_w, 1e-300), 0.0)
+    parts: list[np.ndarray] = []
+    for s in range(TREND_SCALES):
+        parts += [mean[:, s], rms[:, s], dev[:, s : s + 1]]
+    features = np.nan_to_num(np.concatenate(parts, axis=1), nan=0.0, posinf=0.0, neginf=0.0)
+    return features, tg_w[:, -1] >= cfg.warmup_readings
 
 
 def _empty(st: DeviceState) -> DeviceScores:
@@ -500,7 +543,13 @@ def _rows(
 def _score_group(
     states: list[DeviceState], ts: list[np.ndarray], xs: list[np.ndarray], cfg: DetectorConfig
 ) -> list[tuple[DeviceState, DeviceScores]]:
-    """Score devices sharing one metric list, their states stacked along a device axis."""
+    """Score devices sharing one metric list, their states stacked along a device axis.
+
+    Only the baseline has to go bucket by bucket (round by round); it does not depend on the
+    scores. So the rounds only fold and learn, recording each run's baseline, and then every
+    reading of every run is scored at once and the trend (which does depend on the scores)
+    is run through the buckets with a few operations per round.
+    """
     names = states[0].names
     k = len(names)
     d = len(states)
@@ -510,33 +559,33 @@ def _score_group(
     x = np.concatenate(xs) if d > 1 else xs[0]
     t_max = np.maximum.reduceat(t, np.cumsum([0, *lens[:-1]])) if d > 1 else t.max(keepdims=True)
     rows, order = _rows(g, t, x, lens, cfg)
-    n = t.shape[0]
-    score = np.zeros(n)
-    top = np.full(n, -1, dtype=np.int64)
-    features = np.zeros((n, TREND_SCALES * (2 * k + 1)))
-    ready = np.zeros(n, dtype=bool)
+    n_runs = rows.run_start.shape[0]
+    base = {key: np.empty((n_runs, *g[key].shape[1:])) for key in _SNAP}
+    learned = np.zeros(n_runs, dtype=bool)
+    dt = np.zeros(n_runs)
     bounds, runs = rows.round_rows, rows.round_runs
     # Overflow from absurd values is handled below (the state starts afresh), not warned about.
     with np.errstate(over="ignore", invalid="ignore"):
-        for r in range(len(bounds) - 1):
-            lo, hi, a0, a1 = bounds[r], bounds[r + 1], runs[r], runs[r + 1]
-            if lo == hi:
-                continue
+        for (lo, hi), (a0, a1) in zip(pairwise(bounds), pairwise(runs), strict=True):
             act, new_bucket = rows.run_dev[a0:a1], rows.run_bucket[a0:a1]
-            need = new_bucket != g["bucket"][act]
-            if need.any():
-                _fold(g, act[need], new_bucket[need], k, cfg)
+            need = np.flatnonzero(new_bucket != g["bucket"][act])
+            if need.size:
+                fl, fdt = _fold(g, act[need], new_bucket[need], k, cfg)
+                learned[a0 + need[fl]] = True
+                dt[a0 + need[fl]] = fdt
             sel: slice | np.ndarray = slice(None) if a1 - a0 == d else act
-            ri = rows.run[lo:hi] - a0
-            feat, rdy = _features(g, sel, cfg)
-            feat = np.nan_to_num(feat, nan=0.0, posinf=0.0, neginf=0.0)
-            features[lo:hi], ready[lo:hi] = feat[ri], rdy[ri]
-            scored = _score_round(g, sel, rows, lo, hi, ri, cfg, k)
-            score[lo:hi], top[lo:hi] = scored[0], scored[1]
-            _learn_round(g, sel, rows, lo, hi, ri, rows.run_start[a0:a1] - lo, scored, cfg, k)
+            for key in _SNAP:
+                base[key][a0:a1] = g[key][sel]
+            if k:
+                ri = rows.run[lo:hi] - a0
+                _learn(g, sel, rows, lo, hi, ri, rows.run_start[a0:a1] - lo, cfg, k)
+        scored = _score_runs(base, rows, cfg, k)
+        run_features, run_ready = _trends(g, rows, learned, dt, scored.pending, cfg, k)
+    score, top = scored.score, scored.top
+    features, ready = run_features[rows.run], run_ready[rows.run]
     if order is not None:
         back = np.empty_like(order)
-        back[order] = np.arange(n)
+        back[order] = np.arange(t.shape[0])
         score, top, features, ready = score[back], top[back], features[back], ready[back]
     g["t_last"] = np.maximum(g["t_last"], t_max)
     every = np.concatenate(

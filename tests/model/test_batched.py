@@ -274,7 +274,7 @@ def ref_score_device(
 
 def scale(values: object) -> float:
     """The size of an array's entries: what a difference in the last bits is relative to."""
-    return max(1.0, float(np.max(np.abs(values))))
+    return max(1.0, float(np.max(np.abs(values), initial=0.0)))
 
 
 # Trend sums and the weight behind them. Their terms (conditional residuals, calibrated
@@ -488,9 +488,10 @@ def test_absurd_magnitudes_and_many_metrics_equal_the_reference() -> None:
         (wide, t, rng.normal(size=(300, len(wide)))),
         (wide, t, rng.normal(size=(300, len(wide))) * 3),
         (mid, t, rng.normal(size=(300, len(mid)))),
+        ([], t, np.zeros((300, 0))),  # no metric at all
     ]
     cfg = DetectorConfig(warmup_s=3600.0, warmup_readings=10.0)
-    check_requests([request, request], [None] * 5, cfg)
+    check_requests([request, request], [None] * len(request), cfg)
 
 
 def test_score_device_is_the_batched_core_for_one_device() -> None:
