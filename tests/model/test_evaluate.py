@@ -12,6 +12,7 @@ from model import evaluate
 from model.baselines import hst_scores, zscore_scores
 from model.evaluation_metrics import (
     EventCounts,
+    EventSummary,
     anomaly_windows,
     device_events,
     explained_mask,
@@ -161,6 +162,18 @@ def test_main_writes_the_report_without_a_predictor(tmp_path: Path) -> None:
     assert "python -m model.evaluate --model" in text
     assert (out / "scores.png").stat().st_size > 1000
     assert not (out / "failure_roc.png").exists()
+
+
+def test_pick_threshold_keeps_to_the_alarm_budget() -> None:
+    def summary(f1: float, share: float) -> EventSummary:
+        return EventSummary(0.5, 0.5, f1, 1.0, share, 60.0, {})
+
+    # Lowest first: flagging everything wins on F1, the budget rules it out.
+    curve = [(0.0, summary(0.96, 1.0)), (1.0, summary(0.6, 0.04)), (2.0, summary(0.6, 0.01))]
+    curve.append((3.0, summary(float("nan"), 0.0)))
+    assert evaluate.pick_threshold(curve, 1.0)[0] == 0.0
+    assert evaluate.pick_threshold(curve, 0.05)[0] == 2.0  # a tie goes to the higher one
+    assert evaluate.pick_threshold(curve, 0.001)[0] == 3.0
 
 
 def test_day_chunks_join_into_one_chunk() -> None:
