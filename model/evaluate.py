@@ -3,9 +3,9 @@
 ``python -m model.evaluate --model model/artifacts --out model/reports`` simulates a fleet with a
 seed the model never trained on, scores every reading with our detector (fixed threshold), a
 frozen per-metric z-score and River's HalfSpaceTrees (thresholds tuned for each baseline's best
-event F1 on a separate validation fleet), and writes ``evaluation.md`` with PNG figures. The
-metric definitions live in :mod:`model.evaluation_metrics`; everything in the report is
-computed by this run.
+event F1 on a separate validation fleet, within an alarm budget), and writes ``evaluation.md``
+with PNG figures. The metric definitions live in :mod:`model.evaluation_metrics`; everything
+in the report is computed by this run.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from simulator.fleet import METRICS, Chunk, Fleet, FleetConfig
 __all__ = ["main"]
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
+TRAINING_SEED = 101  # the Makefile's `make model` data; a held-out fleet must not reuse it
 OURS, ZSCORE, HST = "ours (detector)", "z-score baseline", "HalfSpaceTrees baseline"
 FIGURES = ("scores.png", "failure_roc.png", "lead_times.png")
 _LEVELS = np.unique(
@@ -413,8 +414,13 @@ def write_report(
         "",
         "Both are simulated in day-sized chunks like the training data, with the simulator's "
         "default rates (2 injected anomalies per device per day, a degradation onset chance of "
-        "0.15 per healthy device per day) and seeds the model never trained on (training uses "
-        "seed 101). All three methods score exactly the same readings: every reading of every "
+        "0.15 per healthy device per day) and "
+        + (
+            f"seeds the model never trained on (training uses seed {TRAINING_SEED})."
+            if TRAINING_SEED not in (args.seed, args.validation_seed)
+            else f"**a seed the model trained on ({TRAINING_SEED}): not a held-out test.**"
+        )
+        + " All three methods score exactly the same readings: every reading of every "
         "device that arrived (a whole-reading dropout sends nothing, so nothing can flag it).",
         "",
         "## How it is scored",
@@ -453,7 +459,8 @@ def _definitions(args: argparse.Namespace) -> list[str]:
     grace = f"{args.grace_minutes:g} min"
     return [
         f"- **Warm-up**: the first {args.warmup_hours:g} h of every device are ignored for all "
-        "methods (our detector scores nothing before 12 h; the z-score baseline learns its "
+        f"methods (our detector scores nothing before {DetectorConfig().warmup_s / 3600:g} h; "
+        "the z-score baseline learns its "
         "mean and std there): no flag in it counts, no window starting in it counts.",
         "- **Anomaly window**: a run of readings carrying the same injected anomaly label. "
         f"**Caught** when any reading in it or in the {grace} after its end is flagged; "
@@ -653,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", type=Path, default=Path("model/artifacts"), help="artifact dir")
     p.add_argument("--out", type=Path, default=Path("model/reports"), help="report directory")
-    p.add_argument("--seed", type=int, default=2026, help="held-out fleet seed")
+    p.add_argument("--seed", type=int, default=2026, help="held-out fleet seed (not 101)")
     p.add_argument("--devices", type=int, default=30, help="held-out fleet size")
     p.add_argument("--days", type=float, default=7.0, help="held-out simulated days")
     p.add_argument("--validation-seed", type=int, default=2027, help="validation fleet seed")
@@ -678,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     min_days = args.warmup_hours / 24.0
     if min(args.days, args.validation_days) <= min_days:
         print("evaluate: --days must be longer than the warm-up", file=sys.stderr)
+        return 2
+    if args.seed == args.validation_seed:
+        print("evaluate: --seed and --validation-seed must differ", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -218,5 +218,6 @@ def test_main_reports_failure_figures_with_a_predictor(
         assert (tmp_path / name).stat().st_size > 1000
 
 
-def test_main_rejects_a_fleet_shorter_than_the_warmup(tmp_path: Path) -> None:
+def test_main_rejects_a_short_fleet_and_one_seed_for_both(tmp_path: Path) -> None:
     assert evaluate.main(["--out", str(tmp_path), "--days", "0.25"]) == 2
+    assert evaluate.main(["--out", str(tmp_path), "--validation-seed", "2026"]) == 2
