@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,19 +75,25 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _score_one(
-    args: tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray, int],
-) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+class _Task(NamedTuple):
+    """One device's whole stream, and which of its readings to keep."""
+
+    device: str
+    metrics: list[str]
+    t_ms: np.ndarray
+    x: np.ndarray
+    keep: np.ndarray
+    minutes_to_failure: np.ndarray
+
+
+def _score_one(task: _Task) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Score a device's full stream; return its state's names and the kept rows' features."""
-    device, names, t_ms, x, keep, _ = args
-    state, scores = score_device(None, names, t_ms, x.astype(np.float64))
-    return device, state.names, scores.features[keep], scores.ready[keep]
+    state, scores = score_device(None, task.metrics, task.t_ms, task.x.astype(np.float64))
+    return state.names, scores.features[task.keep], scores.ready[task.keep]
 
 
-def _device_tasks(
-    data: Path, every: int
-) -> Iterator[tuple[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]]:
-    """Yield per device a scoring task and the minutes to failure of its kept rows."""
+def _device_tasks(data: Path, every: int) -> Iterator[_Task]:
+    """Yield the scoring task of every device, kind by kind."""
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     for kind in sorted(manifest["kinds"]):
         spec = manifest["kinds"][kind]
@@ -98,36 +104,31 @@ def _device_tasks(
             t_all = z["timestamp_ms"]
             x_all = np.stack([z[m] for m in metrics], axis=1)
             mtf_all = z["minutes_to_failure"]
-        order = np.argsort(dev, kind="stable")
+        order = np.argsort(dev, kind="stable")  # stable: each device's rows stay in time order
         bounds = np.searchsorted(dev[order], np.arange(len(ids) + 1))
         for d, device in enumerate(ids):
             rows = order[bounds[d] : bounds[d + 1]]
-            if rows.size == 0:
-                continue
-            keep = np.arange(rows.size) % every == 0
-            task = (device, metrics, t_all[rows], x_all[rows], keep, int(t_all[rows].max()))
-            yield task, mtf_all[rows][keep]
+            if rows.size:
+                keep = np.arange(rows.size) % every == 0
+                yield _Task(device, metrics, t_all[rows], x_all[rows], keep, mtf_all[rows])
 
 
 def extract(data: Path, every: int, jobs: int) -> tuple[list[DeviceRows], dict[str, Any]]:
     """Score every device of the fleet in ``data``; return its rows and a manifest summary."""
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
-    total = sum(len(spec["devices"]) for spec in manifest["kinds"].values())
-    tasks, labels = [], []
-    for task, mtf in _device_tasks(data, every):
-        tasks.append(task)
-        labels.append(mtf)
+    tasks = list(_device_tasks(data, every))
     start = time.monotonic()
     out: list[DeviceRows] = []
     pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     results = pool.map(_score_one, tasks) if pool else map(_score_one, tasks)
     try:
-        for i, (device, names, feats, ready) in enumerate(results):
-            task, mtf = tasks[i], labels[i]
-            t_kept = task[2][task[4]]
-            out.append(DeviceRows(device, names, t_kept, feats, ready, mtf, task[5]))
+        for i, (names, feats, ready) in enumerate(results):
+            task = tasks[i]
+            mtf, t_kept = task.minutes_to_failure[task.keep], task.t_ms[task.keep]
+            t_end = int(task.t_ms.max())
+            out.append(DeviceRows(task.device, names, t_kept, feats, ready, mtf, t_end))
             if (i + 1) % 10 == 0 or i + 1 == len(tasks):
-                _log(f"scored {i + 1}/{total} devices, {time.monotonic() - start:.1f} s")
+                _log(f"scored {i + 1}/{len(tasks)} devices, {time.monotonic() - start:.1f} s")
     finally:
         if pool:
             pool.shutdown()
