@@ -25,13 +25,14 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from model.detector import DetectorConfig, score_devices
 from model.failure import FailureModel, load_failure_model
-from model.state import dump_state, load_state
+from model.state import dump_states, load_states
 
 __all__ = [
     "CONTRACT",
@@ -154,6 +155,45 @@ def _check_metrics(metrics: Mapping[Any, Any], at: str) -> bool:
     return missing
 
 
+_DICT = frozenset((dict,))
+_STR = frozenset((str,))
+
+
+def _uniform_arrays(
+    readings: list[Any], cache: dict[str, int]
+) -> tuple[list[str], np.ndarray, np.ndarray, list[Any]] | None:
+    """:func:`_device_arrays` for the usual device, a pass per field instead of per reading.
+
+    Every reading an object with a string timestamp of the usual shape and the same metrics
+    in the same order, all numbers. None for anything else (the general path then finds the
+    first problem, in reading order, and names it).
+    """
+    if not readings or not _DICT.issuperset(map(type, readings)):
+        return None
+    stamps = [r.get("timestamp") for r in readings]
+    metrics = [r.get("metrics") for r in readings]
+    if not _STR.issuperset(map(type, stamps)) or not _DICT.issuperset(map(type, metrics)):
+        return None
+    keys = set(map(tuple, metrics))
+    if len(keys) != 1:
+        return None
+    values = list(map(list, map(dict.values, metrics)))
+    if not _NUMBER.issuperset(map(type, chain.from_iterable(values))):
+        return None
+    times = list(map(cache.get, stamps))
+    if None in times:
+        try:
+            times = [
+                _parse_ms(s, "", cache) if ms is None else ms
+                for s, ms in zip(stamps, times, strict=True)
+            ]
+        except RequestError:
+            return None
+    names = list(keys.pop())
+    x = np.array(values, dtype=float).reshape(len(values), len(names))
+    return names, np.asarray(times, dtype=np.int64), x, stamps
+
+
 def _device_arrays(
     readings: object, where: str, cache: dict[str, int] | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[Any]]:
@@ -165,6 +205,9 @@ def _device_arrays(
     if not isinstance(readings, list):
         raise RequestError(where, "must be an array")
     cache = {} if cache is None else cache
+    fast = _uniform_arrays(readings, cache)
+    if fast is not None:
+        return fast
     times: list[int] = []
     stamps: list[Any] = []
     values: list[list[Any]] = []
@@ -236,12 +279,15 @@ def score_request(request: object, config: DetectorConfig | None = None) -> dict
             raise RequestError(f"{where}.device_id", "must be a non-empty string")
         names, t_ms, x, stamps = _device_arrays(device.get("readings"), f"{where}.readings", cache)
         parsed.append((device_id, names, t_ms, x, stamps))
-    states = [load_state(device.get("state")) for device in devices]
+    states = load_states([device.get("state") for device in devices])
     results = score_devices(
         states, [p[1] for p in parsed], [p[2] for p in parsed], [p[3] for p in parsed], cfg
     )
+    dumped = dump_states([state for state, _ in results])
     out: list[dict[str, Any]] = []
-    for (device_id, _, _, _, stamps), (state, scores) in zip(parsed, results, strict=True):
+    for (device_id, _, _, _, stamps), (state, scores), raw_state in zip(
+        parsed, results, dumped, strict=True
+    ):
         names = [*state.names, None]  # top == -1 (nothing scored) names nothing
         failure = _failure.predict(state.names, scores.features, scores.ready)
         if failure is None:
@@ -275,7 +321,7 @@ def score_request(request: object, config: DetectorConfig | None = None) -> dict
         if prob is not None and due is not None:
             for pred, p, m in zip(preds, prob, due, strict=True):
                 pred["failure_probability"], pred["maintenance_due"] = p, m
-        out.append({"device_id": device_id, "state": dump_state(state), "predictions": preds})
+        out.append({"device_id": device_id, "state": raw_state, "predictions": preds})
     return {"model_version": MODEL_VERSION, "devices": out}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STATE_VERSION", "DeviceState", "dump_state", "load_state"]
+__all__ = ["STATE_VERSION", "DeviceState", "dump_state", "dump_states", "load_state", "load_states"]
 
 STATE_VERSION = 2
 # Time scales of the trend features (the failure predictor's inputs): short and long.
@@ -162,46 +162,69 @@ def _triu(k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(k)
 
 
-def _pack(m: np.ndarray) -> list[float]:
-    k = m.shape[0]
-    if k > MAX_FULL_COV:
-        return np.diag(m).tolist()
-    return m[_triu(k)].tolist()
-
-
 def _unpack(values: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((k, k))
+    """Symmetric matrices ``(d, k, k)`` from their stored triangles (diagonals) ``(d, n)``."""
+    out = np.zeros((values.shape[0], k, k))
     if k > MAX_FULL_COV:
-        out[np.diag_indices(k)] = values
+        i = np.arange(k)
+        out[:, i, i] = values
         return out
     iu = _triu(k)
-    out[iu] = values
-    out[(iu[1], iu[0])] = values
+    out[:, iu[0], iu[1]] = values
+    out[:, iu[1], iu[0]] = values
     return out
 
 
 def dump_state(state: DeviceState) -> dict[str, Any]:
     """Return the JSON form ``{"v": 2, "metrics": [...], ...}``; symmetric matrices as triangles."""
-    k = len(state.names)
-    pick = (lambda m: np.diag(m)) if k > MAX_FULL_COV else (lambda m: m[_triu(k)])
-    parts = [
-        *(getattr(state, key) for key in _VECTORS),
-        *(pick(getattr(state, key)) for key in _MATRICES),
-        *(getattr(state, key).reshape(-1) for key in (*_TRENDS, *_GLOBAL)),
-        np.array([state.pg_n, state.pg_s], dtype=float),
-    ]
-    # One conversion to Python floats for the whole state, then list slices: a state is
-    # dumped for every device of every request.
-    flat = np.concatenate(parts).tolist()
-    out: dict[str, Any] = {"v": STATE_VERSION, "metrics": list(state.names)}
-    for key in _INTS:
-        out[key] = int(getattr(state, key))
-    pos = 0
-    for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
-        out[key] = flat[pos : pos + part.shape[0]]
-        pos += part.shape[0]
-    out["pg_n"], out["pg_s"] = flat[pos], flat[pos + 1]
+    return dump_states([state])[0]
+
+
+def dump_states(states: Sequence[DeviceState]) -> list[dict[str, Any]]:
+    """:func:`dump_state` of each state; states with equally many metrics share each step.
+
+    Per group: one stacked array per field, one conversion of everything to Python floats,
+    then list slices per device (a state is dumped for every device of every request).
+    """
+    out: list[dict[str, Any]] = [{} for _ in states]
+    groups: dict[int, list[int]] = {}
+    for i, state in enumerate(states):
+        groups.setdefault(len(state.names), []).append(i)
+    for k, members in groups.items():
+        group = [states[i] for i in members]
+        d = len(group)
+
+        def stacked(key: str, group: list[DeviceState] = group, d: int = d) -> np.ndarray:
+            return np.concatenate([getattr(s, key).reshape(-1) for s in group]).reshape(d, -1)
+
+        mats = [stacked(key).reshape(d, k, k) for key in _MATRICES]
+        rows = _diag(k) if k > MAX_FULL_COV else _triu(k)
+        parts = [
+            *(stacked(key) for key in _VECTORS),
+            *(m[:, rows[0], rows[1]] for m in mats),
+            *(stacked(key) for key in (*_TRENDS, *_GLOBAL)),
+            np.array([[s.pg_n, s.pg_s] for s in group], dtype=float).reshape(d, 2),
+        ]
+        flat = np.concatenate(parts, axis=1).tolist()
+        spans: list[tuple[str, int, int]] = []
+        pos = 0
+        for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
+            spans.append((key, pos, pos + part.shape[1]))
+            pos += part.shape[1]
+        for i, state, values in zip(members, group, flat, strict=True):
+            doc: dict[str, Any] = {"v": STATE_VERSION, "metrics": list(state.names)}
+            for key in _INTS:
+                doc[key] = int(getattr(state, key))
+            for key, s, e in spans:
+                doc[key] = values[s:e]
+            doc["pg_n"], doc["pg_s"] = values[pos], values[pos + 1]
+            out[i] = doc
     return out
+
+
+@lru_cache(maxsize=64)
+def _diag(k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.diag_indices(k)
 
 
 _NUMBER = frozenset((int, float))
@@ -211,7 +234,7 @@ _NONNEG = ("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "t
 
 @lru_cache(maxsize=256)
 def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """Return the stored fields of a state (name, length) and where it must not be negative.
+    """Return the stored fields (name, length; -1 for a scalar) and the never-negative numbers.
 
     Cached: every request loads every device's state, and most devices share a metric count.
     """
@@ -221,10 +244,14 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
     if version != 1:
         fields += [(key, TREND_SCALES * k) for key in _TRENDS]
         fields += [(key, TREND_SCALES) for key in _GLOBAL]
-        fields += [("pg_n", 1), ("pg_s", 1)]
+        fields += [("pg_n", -1), ("pg_s", -1)]  # scalars
     masks = []
     for key, n in fields:
-        if key in _NONNEG or key == "pg_n":
+        if key == "pg_n":
+            masks.append(np.ones(1, dtype=bool))
+        elif key == "pg_s":
+            masks.append(np.zeros(1, dtype=bool))
+        elif key in _NONNEG:
             masks.append(np.ones(n, dtype=bool))
         elif key == "cov":
             iu = _triu(k)
@@ -234,13 +261,44 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
     return fields, np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *masks]))
 
 
-def _numbers(raw: object, n: int) -> bool:
-    """Whether ``raw`` is a list of ``n`` JSON numbers (booleans are not numbers here)."""
-    if not isinstance(raw, list) or len(raw) != n:
-        return False
-    if _NUMBER.issuperset(map(type, raw)):
-        return True  # the usual case, checked in C
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
+    """Version, metric names and integers of a stored state, or None if any is wrong."""
+    if not isinstance(raw, Mapping) or raw.get("v") not in (1, STATE_VERSION):
+        return None
+    names = raw.get("metrics")
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        return None
+    ints: dict[str, int] = {}
+    for key in _INTS:
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        ints[key] = value
+    return raw["v"], names, ints
+
+
+def _numbers(raw: Mapping[str, Any], fields: list[tuple[str, int]]) -> list[Any] | None:
+    """Return the numbers of ``fields`` in order; None unless all are JSON numbers as stored.
+
+    Each field must be a list of its length (a scalar: one number); booleans are not numbers.
+    """
+    values: list[Any] = []
+    for key, n in fields:
+        item = raw.get(key)
+        if n < 0:  # a scalar
+            item = [item]
+        elif not isinstance(item, list) or len(item) != n:
+            return None
+        values += item
+    if _NUMBER.issuperset(map(type, values)):
+        return values  # the usual case, checked in C
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return values
+    return None
 
 
 def load_state(raw: object) -> DeviceState | None:
@@ -249,60 +307,70 @@ def load_state(raw: object) -> DeviceState | None:
     Returning ``None`` rather than raising is deliberate: a bad state costs a warm-up period,
     an exception would cost every future prediction of the device.
     """
-    if not isinstance(raw, Mapping) or raw.get("v") not in (1, STATE_VERSION):
-        return None
-    version = raw["v"]
-    names = raw.get("metrics")
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(n, str) for n in names)
-        or len(set(names)) != len(names)
-    ):
-        return None
-    k = len(names)
-    ints: dict[str, int] = {}
-    for key in _INTS:
-        value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None
-        ints[key] = value
-    fields, nonneg = _layout(k, version)
-    values: list[Any] = []
-    for key, n in fields:
-        item = raw.get(key)
-        if key in _SCALARS:
-            item = [item]
-        if not _numbers(item, n):
-            return None
-        values += item  # type: ignore[arg-type]
-    # All numbers in one array: one conversion and one check per state, not one per field.
-    try:
-        flat = np.array(values, dtype=float)
-    except OverflowError:
-        return None
-    if not np.isfinite(flat).all() or (flat[nonneg] < 0).any():
-        return None
-    arrays: dict[str, np.ndarray] = {}
-    scalars = {key: 0.0 for key in _SCALARS}
-    pos = 0
-    for key, n in fields:
-        part = flat[pos : pos + n]
-        pos += n
-        if key in _SCALARS:
-            scalars[key] = float(part[0])
-        elif key in _TRENDS:
-            arrays[key] = part.reshape(TREND_SCALES, k)
-        else:
-            arrays[key] = part
-    for key in _MATRICES:
-        arrays[key] = _unpack(arrays[key], k)
-    if version == 1:
-        # A version-1 state has the baseline but no trend yet: keep what it learned.
-        for key in _TRENDS:
-            arrays[key] = np.zeros((TREND_SCALES, k))
-        for key in _GLOBAL:
-            arrays[key] = np.zeros(TREND_SCALES)
-        for key in _NEW_IN_V2:
-            arrays[key] = np.zeros(k)
-        arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
-    return DeviceState(list(names), **ints, **arrays, **scalars)
+    return load_states([raw])[0]
+
+
+def load_states(raws: Sequence[object]) -> list[DeviceState | None]:
+    """:func:`load_state` of each; states with equally many metrics are checked together.
+
+    Per group one array holds every number (one conversion, one finiteness and one sign
+    check for all), and the states' arrays are rows of its fields.
+    """
+    out: list[DeviceState | None] = [None] * len(raws)
+    groups: dict[tuple[int, int], list[tuple[int, list[str], dict[str, int], list[Any]]]] = {}
+    for i, raw in enumerate(raws):
+        head = _header(raw)
+        if head is None:
+            continue
+        version, names, ints = head
+        values = _numbers(raw, _layout(len(names), version)[0])  # type: ignore[arg-type]
+        if values is not None:
+            groups.setdefault((len(names), version), []).append((i, names, ints, values))
+    for (k, version), members in groups.items():
+        fields, nonneg = _layout(k, version)
+        try:
+            flat = np.array([m[3] for m in members], dtype=float)
+        except OverflowError:
+            if len(members) == 1:
+                continue  # a number too large for a float: not a state of ours
+            for m in members:
+                out[m[0]] = load_states([raws[m[0]]])[0]
+            continue
+        d = len(members)
+        flat = flat.reshape(d, -1)
+        ok = (np.isfinite(flat).all(axis=1) & ~(flat[:, nonneg] < 0).any(axis=1)).tolist()
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, list[float]] = {key: [0.0] * d for key in _SCALARS}
+        pos = 0
+        for key, n in fields:
+            width = 1 if n < 0 else n
+            part = flat[:, pos : pos + width]
+            pos += width
+            if n < 0:
+                scalars[key] = part[:, 0].tolist()
+            elif key in _TRENDS:
+                arrays[key] = part.reshape(d, TREND_SCALES, k)
+            elif key in _MATRICES:
+                arrays[key] = _unpack(part, k)
+            else:
+                arrays[key] = part
+        if version == 1:
+            # A version-1 state has the baseline but no trend yet: keep what it learned.
+            for key in _TRENDS:
+                arrays[key] = np.zeros((d, TREND_SCALES, k))
+            for key in _GLOBAL:
+                arrays[key] = np.zeros((d, TREND_SCALES))
+            for key in _NEW_IN_V2:
+                arrays[key] = np.zeros((d, k))
+            arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
+        rows = zip(
+            *(list(arrays[key]) for key in _ARRAYS), *(scalars[key] for key in _SCALARS),
+            strict=True,
+        )  # fmt: skip
+        for (i, names, ints, _), good, row in zip(members, ok, rows, strict=True):
+            if good:
+                out[i] = DeviceState(
+                    list(names), ints["t_first"], ints["t_last"], ints["bucket"],
+                    ints["folded"], *row,
+                )  # fmt: skip
+    return out

@@ -31,7 +31,15 @@ from model.score import (
     _parse_ms,
     score_request,
 )
-from model.state import MAX_FULL_COV, TREND_SCALES, DeviceState, dump_state, load_state
+from model.state import (
+    MAX_FULL_COV,
+    TREND_SCALES,
+    DeviceState,
+    dump_state,
+    dump_states,
+    load_state,
+    load_states,
+)
 from simulator.fleet import METRICS, Fleet, FleetConfig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -763,6 +771,11 @@ def readings_case(name: str) -> list[Any]:
     if name == "metrics-not-an-object":
         base[2]["metrics"] = [1.0]
         return base
+    if name == "odd-stamps":
+        base[1]["timestamp"] = "2026-01-01T00:00:10.5+0100"
+        base[2]["timestamp"] = "2026-01-01t00:00:20z"
+        base[3]["timestamp"] = base[0]["timestamp"]
+        return base
     if name == "bad-time":
         base[9]["timestamp"] = "2026-01-01T00:00:00"
         return base
@@ -778,7 +791,7 @@ def readings_case(name: str) -> list[Any]:
     [
         "uniform", "empty", "no-metrics", "null", "null-first", "only-null", "reordered",
         "missing-key", "new-key", "big-int", "bool", "string-after-null", "not-an-object",
-        "metrics-not-an-object", "bad-time", "bad-time-after-null",
+        "metrics-not-an-object", "odd-stamps", "bad-time", "bad-time-after-null",
     ],
 )  # fmt: skip
 def test_device_arrays_equal_the_general_parser(case: str) -> None:
@@ -869,3 +882,45 @@ def test_init_loads_the_failure_model_from_the_model_dir(
     monkeypatch.delenv("AZUREML_MODEL_DIR")
     score.init()
     assert seen == [str(tmp_path), None]
+
+
+# ---------------------------------------------------------------------------------------------
+# States loaded and dumped many at a time equal one at a time.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_states_and_dump_states_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(2)
+    t = np.arange(400, dtype=np.int64) * 60_000
+    raws: list[object] = []
+    for names in (["a", "b"], ["x", "y"], ["a"], [], [f"m{i}" for i in range(MAX_FULL_COV + 2)]):
+        state, _ = score_device(None, names, t, rng.normal(size=(400, len(names))), SHORT)
+        raws.append(dump_state(state))
+    good = raws[0]
+    v1 = {
+        key: value
+        for key, value in good.items()
+        if not key.startswith(("tr_", "tg_", "pc_", "pg_"))
+    }
+    v1["v"] = 1
+    raws += [
+        v1,
+        None,
+        {**good, "mean": [0.0, float("nan")]},
+        {**good, "w_cov": [0.0, -1.0, 0.0]},
+        {**good, "pg_n": -1.0},
+        {**good, "pg_s": True},
+        {**good, "cov": [1.0, 0.0, -2.0]},  # a negative variance
+        {**good, "mean": [10**400, 0.0]},  # too large for a float
+        {**good, "t_first": 1.5},
+        {**good, "tr_w": [1.0, 2.0, 3.0]},
+    ]
+    together = load_states(raws)
+    alone = [load_state(raw) for raw in raws]
+    assert [s is None for s in together] == [s is None for s in alone]
+    assert [s is None for s in together[:6]] == [False] * 6
+    assert all(s is None for s in together[6:])
+    kept = [s for s in together if s is not None]
+    assert dump_states(kept) == [dump_state(s) for s in kept]
+    assert dump_states(kept)[:5] == raws[:5]
+    assert dump_states([]) == []
