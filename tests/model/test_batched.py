@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from model import score
+from model import detector, score
 from model.detector import (
     DetectorConfig,
     DeviceScores,
@@ -422,6 +422,34 @@ def test_devices_with_uneven_readings_and_buckets_equal_the_reference() -> None:
             x = rng.normal(size=(n, 3)) @ np.array([[1, 0.8, 0], [0, 0.6, 0], [0, 0, 2.0]]) + d
             request.append((names, t.astype(np.int64), x))
         states = check_requests([request], states, cfg)
+
+
+def test_one_busy_device_among_many_quiet_ones_equals_the_reference() -> None:
+    # Runs too uneven to pad (300 readings in one bucket against single readings): the
+    # per-run fallbacks.
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "c"]
+    t = np.arange(3000, dtype=np.int64) * 20_000
+    warm = [
+        ref_score_device(None, names, t, rng.normal(size=(3000, 3)) + d, SHORT)[0]
+        for d in range(31)
+    ]
+    start = (t[-1] // 300_000 + 1) * 300_000
+    request: list[Batch] = [
+        (names, start + np.arange(300, dtype=np.int64) * 900, rng.normal(size=(300, 3)))
+    ]
+    request += [(names, start + np.array([1_000 * d]), rng.normal(size=(1, 3))) for d in range(30)]
+    check_requests([request], warm, SHORT)  # type: ignore[arg-type]
+
+
+def test_scoring_in_slices_of_runs_equals_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detector, "_CHUNK_ELEMENTS", 50)  # a slice per run or two
+    names, t, xs = fleet_batches(6, 1200, seed=12, anomaly_per_day=24.0)
+    requests = [
+        [(names[d], t[s : s + 300], xs[d][s : s + 300]) for d in range(6)]
+        for s in range(0, len(t), 300)
+    ]
+    check_requests(requests, [None] * 6, SHORT)
 
 
 def test_missing_metrics_repeats_disorder_and_gaps_equal_the_reference() -> None:
