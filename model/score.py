@@ -98,6 +98,7 @@ _STAMP = re.compile(
     r"(\d{4}-\d\d-\d\dT\d\d:\d\d):(\d\d)(?:\.(\d{1,6}))?(Z|[+-]\d\d:\d\d)", re.ASCII
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
 _minutes: dict[tuple[str, str], int | None] = {}
 
 
@@ -114,9 +115,6 @@ def _minute_us(minute: str, offset: str) -> int | None:
             _minutes.clear()
         _minutes[key] = us
     return us
-
-
-_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
 
 
 def _parse_ms(value: object, where: str, cache: dict[str, int]) -> int:
