@@ -6,7 +6,9 @@ host and `func start` do, and runs each function's module in this process. What 
 lives here, shared by the trigger modules:
 
 - `local.host.http`: HTTP triggers (routing, methods, `authLevel` keys, body limits);
-- `local.host.eventhub` (to come): Event Hub triggers.
+- `local.host.eventhub`: Event Hub triggers (the SDK's consumer, blob checkpoints, retries),
+  with `eventhub_config` (binding and host.json options), `eventhub_binding` (SDK events to
+  `azure.functions.EventHubEvent`) and `retry` (retry policies, TimeSpans).
 
 `python -m local.host` starts it; see `python -m local.host --help`.
 """
