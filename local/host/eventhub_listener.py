@@ -109,8 +109,14 @@ class TriggerListener:
 
     def stop(self, timeout: float) -> None:
         """Close the client and wait up to `timeout` s for the call in flight to return."""
+        deadline = time.monotonic() + timeout
         self.client.close()
-        self.thread.join(timeout)
+        self.thread.join(min(timeout, 1.0))
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            # A close that came before `receive_batch` registered its processor misses it;
+            # closing again stops a processor started since (and is harmless otherwise).
+            self.client.close()
+            self.thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
         if self.thread.is_alive():
             log.warning(
                 "function %s still running after %.0fs; its batch is abandoned, not checkpointed",
@@ -120,6 +126,8 @@ class TriggerListener:
 
     def _run(self) -> None:
         options = self.options
+        if self._stopping.is_set():
+            return
         try:
             self.client.receive_batch(
                 on_event_batch=self._on_batch,

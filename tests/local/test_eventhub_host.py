@@ -80,7 +80,8 @@ def test_eventhub_host_resolves_bindings_and_host_json_options():
     }
     host = EventHubHost(APP, environ=env)
     by_name = {f.name: f for f in host.functions}
-    assert sorted(by_name) == ["ehx_flaky", "ehx_record"]
+    assert sorted(by_name) == ["ehx_flaky", "ehx_record", "ehx_single"]
+    assert not by_name["ehx_single"].many  # cardinality defaults to one, as in the host
     record = by_name["ehx_record"]
     # EntityPath in the connection string overrides eventHubName, as in the host.
     assert (record.eventhub_name, record.consumer_group, record.binding_name) == (
@@ -97,7 +98,7 @@ def test_eventhub_host_resolves_bindings_and_host_json_options():
     only = EventHubHost(APP, environ=env, functions=["ehx_flaky"])
     assert [f.name for f in only.functions] == ["ehx_flaky"]
     disabled = EventHubHost(APP, environ={**env, "AzureWebJobs.ehx_flaky.Disabled": "true"})
-    assert [f.name for f in disabled.functions] == ["ehx_record"]
+    assert [f.name for f in disabled.functions] == ["ehx_record", "ehx_single"]
     assert "ehx_flaky" in disabled.skipped
 
 
@@ -151,11 +152,51 @@ def test_retry_policies_and_timespans_read_like_the_host():
         parse_retry_policy({"strategy": "linear", "maxRetryCount": 1}, where="w")
 
 
+@pytest.fixture
+def cli() -> Iterator[Callable[..., int]]:
+    """`python -m local.host` in-process; its logging tweak is undone afterwards."""
+    from local.host.__main__ import main
+
+    azure_logger = logging.getLogger("azure")
+    level = azure_logger.level
+    yield main
+    azure_logger.setLevel(level)
+
+
+def test_cli_help_names_the_trigger_flags(cli, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--functions", "--no-http", "--no-eventhub", "--checkpoint-container"):
+        assert flag in out
+    assert "Event Hub" in out
+
+
+def test_cli_refuses_unknown_functions_an_empty_selection_and_missing_settings(
+    cli, capsys, monkeypatch
+):
+    assert cli(["--app-root", str(APP), "--functions", "ehx_record,nope"]) == 2
+    assert "no such function" in capsys.readouterr().err
+    assert cli(["--app-root", str(APP), "--no-eventhub"]) == 2  # the app has no HTTP function
+    assert "nothing to run" in capsys.readouterr().err
+    monkeypatch.setenv("EHX_CONNECTION", f"Endpoint=sb://127.0.0.1:9;SharedAccessKey={SAS_KEY}")
+    monkeypatch.delenv("EHX_HUB", raising=False)
+    assert cli(["--app-root", str(APP), "--no-http", "--functions", "ehx_record"]) == 2
+    err = capsys.readouterr().err
+    assert "app setting EHX_HUB is not set" in err
+    assert SAS_KEY not in err
+
+
 # --- the host against the emulator and Azurite ---------------------------------------------
 
 
 def emulator_config(partitions: dict[str, int]) -> Any:
-    entities = [{"Name": name, "PartitionCount": n} for name, n in partitions.items()]
+    groups = [{"Name": "single"}]  # ehx_single's consumer group
+    entities = [
+        {"Name": name, "PartitionCount": n, "ConsumerGroups": groups}
+        for name, n in partitions.items()
+    ]
     namespace = {"Type": "EventHub", "Name": "emulatorNs1", "Entities": entities}
     return parse_config({"UserConfig": {"NamespaceConfig": [namespace]}})
 
@@ -211,6 +252,17 @@ def record() -> Any:
 
 
 @pytest.fixture
+def single() -> Any:
+    sys.path.insert(0, str(APP))
+    try:
+        module = importlib.import_module("ehx_single")
+    finally:
+        sys.path.remove(str(APP))
+    module.CALLS.clear()
+    return module
+
+
+@pytest.fixture
 def flaky() -> Any:
     sys.path.insert(0, str(APP))
     try:
@@ -233,15 +285,16 @@ def send(hubs: EmulatorThread, events: list[EventData], *, partition: str = "0")
         producer.send_batch(batch)
 
 
-def checkpoints(blob_conn: str, container: str) -> dict[str, int]:
-    """Partition -> checkpointed sequence number, read straight from the blobs."""
+def checkpoints(blob_conn: str, container: str, group: str = "$Default") -> dict[str, int]:
+    """Partition -> checkpointed sequence number of one consumer group, read from the blobs."""
     with ContainerClient.from_connection_string(
         blob_conn, container, api_version="2019-07-07"
     ) as client:
+        # Blob names: <namespace>/<hub>/<consumer group>/checkpoint/<partition>, lower case.
         return {
             blob.name.rsplit("/", 1)[1]: int(blob.metadata["sequencenumber"])
             for blob in client.list_blobs(include=["metadata"])
-            if "/checkpoint/" in blob.name
+            if blob.name.endswith(f"/{group.lower()}/checkpoint/{blob.name.rsplit('/', 1)[1]}")
         }
 
 
@@ -257,7 +310,7 @@ def sequences(calls: list[list[Any]], partition: str = "0") -> list[int]:
 @pytest.mark.stack
 @pytest.mark.azurite
 def test_eventhub_host_delivers_batches_with_metadata_and_checkpoints_after_success(
-    hubs, start_host, record, azurite_blobs, container, caplog
+    hubs, start_host, record, single, azurite_blobs, container, caplog
 ):
     caplog.set_level(logging.DEBUG, logger="local.host")
     before = datetime.now(UTC) - timedelta(seconds=5)
@@ -273,8 +326,9 @@ def test_eventhub_host_delivers_batches_with_metadata_and_checkpoints_after_succ
         batch = producer.create_batch(partition_key="pump-0007")
         batch.add(EventData(b"keyed"))
         producer.send_batch(batch)
-    host = start_host(["ehx_record"])
+    host = start_host(["ehx_record", "ehx_single"])
     assert wait_until(lambda: checkpoints(azurite_blobs, container).get("0") == 10, timeout=15)
+    assert wait_until(lambda: checkpoints(azurite_blobs, container, "single").get("0") == 10)
 
     batches = record.CALLS
     assert all(1 <= len(b) <= 4 for b in batches)
@@ -295,10 +349,18 @@ def test_eventhub_host_delivers_batches_with_metadata_and_checkpoints_after_succ
     assert meta["PropertiesArray"][:2] == [{"kind": "test", "n": 0}, {"kind": "test", "n": 1}]
     assert meta["SequenceNumberArray"] == [e.sequence_number for e in batches[0]]
     assert batches[-1][-1].metadata["PartitionKeyArray"][-1] == "pump-0007"
+    # Cardinality one: the same events, one call each, with the single-event metadata.
+    assert [(e.get_body(), e.sequence_number, e.partition_key) for e in single.CALLS] == [
+        (e.get_body(), e.sequence_number, e.partition_key) for e in flat
+    ]
+    assert single.CALLS[0].metadata["PartitionContext"]["ConsumerGroup"] == "single"
+    assert single.CALLS[0].metadata["Properties"] == {"kind": "test", "n": 0}
+    assert single.CALLS[0].enqueued_time == flat[0].enqueued_time
     # Only after success: every invocation succeeded, and each checkpoint is a batch's end.
-    ran = host.invocations()
-    assert all(i.succeeded and i.attempt == 1 for i in ran)
-    assert {c.sequence_number for c in host.checkpoints()} <= {i.sequence_numbers[-1] for i in ran}
+    ran = [i for i in host.invocations() if i.function == "ehx_record"]
+    assert all(i.succeeded and i.attempt == 1 for i in host.invocations())
+    written = {c.sequence_number for c in host.checkpoints() if c.function == "ehx_record"}
+    assert written <= {i.sequence_numbers[-1] for i in ran}
     # The log names function, partition, count and outcome, and never the key.
     text = caplog.text
     assert "Executing 'Functions.ehx_record'" in text
