@@ -156,6 +156,15 @@ class TriggerListener:
 
     def _on_error(self, context: Any, error: Exception) -> None:
         partition = getattr(context, "partition_id", None)
+        if "link:stolen" in str(error):
+            # Another host claimed the partition and opened its exclusive receiver: scale-out
+            # at work, not a fault.
+            log.info(
+                "function %s: partition %s taken over by another host",
+                self.function.name,
+                partition,
+            )
+            return
         log.warning(
             "function %s: event hub error%s: %r",
             self.function.name,
