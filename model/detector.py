@@ -80,6 +80,16 @@ class DetectorConfig:
         shrinkage: Weight of the identity in the shrunk correlation matrix.
         eigen_floor: Smallest eigenvalue kept when inverting it; bounds how tight a learned
             relation between metrics can be (sensor noise never allows an exact one).
+        move_threshold: A reading *moves* when the median over its metrics of the change since
+            the previous reading, in standard deviations, is at least this: the whole
+            operating point shifts (a start, a stop, a load step), not one metric.
+        transient_s: Readings this soon after a move are in a transient, where the relations
+            between metrics lag and bend (pressure follows speed squared; temperatures catch
+            up over minutes).
+        transient_floor: Smallest eigenvalue of the correlation kept for readings in a
+            transient: how loosely the relations hold then.
+        impute_missing: Learn a missing metric as its expectation given the others (see
+            ``_impute``); off learns each covariance entry pairwise, which can break.
         trend_taus_s: Time constants of the trend features, short then long.
         trend_clip: Conditional residuals are clipped at this many deviations before they
             enter a trend, so one absurd reading cannot dominate hours of evidence.
@@ -97,6 +107,10 @@ class DetectorConfig:
     huber: float = 4.0
     shrinkage: float = 0.001
     eigen_floor: float = 1e-4
+    move_threshold: float = 0.5
+    transient_s: float = 240.0
+    transient_floor: float = 0.1
+    impute_missing: bool = True
     trend_taus_s: tuple[float, float] = (3600.0, 6 * 3600.0)
     trend_clip: float = 8.0
 
@@ -145,6 +159,7 @@ class _Rows(NamedTuple):
     run_bucket: np.ndarray  # (R,) effective bucket of each run
     round_rows: list[int]  # row boundaries of the rounds
     round_runs: list[int]  # run boundaries of the rounds
+    transient: np.ndarray | None = None  # (N,) the reading is in a transient
 
 
 def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
@@ -331,12 +346,64 @@ def _learn(
     r = np.where(clip, np.clip(r, -lim, lim), r)
     r = np.where(present, r, 0.0)
     pf = present.astype(float)
-    per_row = np.concatenate([pf, pf * (mean_r + r), r], axis=1)
+    pn = pf
+    if cfg.impute_missing and not present.all():
+        cov = g["cov"][sel]
+        pn, extra = _impute(cov, r, present, clip, np.zeros_like(ri) if one else ri)
+        if extra is not None:
+            g["p_s"][sel] += extra
+    per_row = np.concatenate([pn, pf, pf * (mean_r + r), r], axis=1)
     sums, cross, pairs = _block_sums(per_row, starts, ri, gram=k)
-    g["p_w"][sel] += sums[:, :k]
-    g["p_x"][sel] += sums[:, k : 2 * k]
+    g["p_w"][sel] += sums[:, k : 2 * k]
+    g["p_x"][sel] += sums[:, 2 * k : 3 * k]
     g["p_s"][sel] += cross
     g["p_n"][sel] += pairs
+
+
+def _impute(
+    cov: np.ndarray, r: np.ndarray, present: np.ndarray, trusted: np.ndarray, dev: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fill missing residuals with their expectation given the present ones (in place).
+
+    Learning each covariance entry from whichever readings had both metrics (pairwise) can
+    leave a matrix that is not positive semi-definite when a metric drops out for a while
+    (an hour of a pump's running without its pressure): with tightly related metrics, that
+    shows up as a negative eigenvalue, i.e. a "relation" no reading obeys, flagging the
+    machine for days. So, as in EM for a Gaussian with missing data, a missing residual is
+    learned as its conditional mean given the present ones, plus the conditional covariance
+    (returned per device, to add to the pending cross products). Only where the baseline is
+    trusted (``trusted``: warm and past the warm-up); elsewhere a missing metric is left out.
+
+    Returns:
+        Per row and metric, 1.0 where the pair sums should count it (present or imputed), and
+        the conditional covariances to add per device (``None`` when nothing was imputed).
+    """
+    miss = ~present & trusted
+    obs = present & trusted
+    need = miss.any(axis=1) & obs.any(axis=1)
+    pn = present.astype(float)
+    if not need.any():
+        return pn, None
+    rows = np.flatnonzero(need)
+    key = np.concatenate([dev[rows, None], obs[rows], miss[rows]], axis=1).astype(np.int64)
+    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    extra = np.zeros_like(cov)
+    k = present.shape[1]
+    for gi, row in enumerate(uniq):
+        d = int(row[0])
+        o = np.flatnonzero(row[1 : 1 + k])
+        m = np.flatnonzero(row[1 + k :])
+        at = rows[inverse == gi]
+        c = cov[d]
+        c_oo = c[np.ix_(o, o)]
+        ridge = 1e-6 * (float(np.trace(c_oo)) / o.size + 1e-12)
+        b = np.linalg.solve(c_oo + ridge * np.eye(o.size), c[np.ix_(o, m)])
+        r[np.ix_(at, m)] = r[np.ix_(at, o)] @ b
+        cond = c[np.ix_(m, m)] - c[np.ix_(m, o)] @ b
+        extra[d][np.ix_(m, m)] += at.size * cond
+        pn[np.ix_(at, m)] = 1.0
+    return pn, extra
 
 
 class _Scored(NamedTuple):
@@ -395,8 +462,8 @@ def _score_runs(base: dict[str, np.ndarray], rows: _Rows, cfg: DetectorConfig, k
                 sub = sub[finite]
                 if not pr.size:
                     continue
-            lam, vec = np.linalg.eigh(sub)
-            lam = np.maximum(lam, cfg.eigen_floor)
+            lam_raw, vec = np.linalg.eigh(sub)
+            lam = np.maximum(lam_raw, cfg.eigen_floor)
             prec = (vec / lam[:, None, :]) @ vec.transpose(0, 2, 1)
             zs = z[pr] if full else z[np.ix_(pr, idx)]
             zs_slow = z_slow[pr] if full else z_slow[np.ix_(pr, idx)]
@@ -416,12 +483,103 @@ def _score_runs(base: dict[str, np.ndarray], rows: _Rows, cfg: DetectorConfig, k
                 cond[pr] = cs * inv_sd
             else:
                 cond[np.ix_(pr, idx)] = cs * inv_sd
+            if rows.transient is not None:
+                trp = rows.transient[pr]
+                if trp.any():
+                    at = pr[trp]
+                    score[at], top[at] = _score_transient(
+                        zs[trp], uinv[trp], lam_raw, vec, idx, p, slope, cfg
+                    )
+    if rows.transient is not None and rows.transient.any():
+        # Transient readings stay out of the trend: how a start-up bends the relations
+        # between metrics says nothing about wear.
+        cond[rows.transient] = 0.0
+        dev[rows.transient] = np.nan
+        use = use & ~rows.transient[:, None]
     c = np.clip(cond, -cfg.trend_clip, cfg.trend_clip)
     ok = np.isfinite(dev)
     clipped = np.where(ok, np.clip(dev, -cfg.trend_clip, cfg.trend_clip), 0.0)
     per_row = np.concatenate([use, c, c * c, ok[:, None], clipped[:, None]], axis=1)
     pending, _, _ = _block_sums(per_row, rows.run_start, run)
     return _Scored(score, top, pending)
+
+
+def _score_transient(
+    zs: np.ndarray,
+    uinv: np.ndarray,
+    lam: np.ndarray,
+    vec: np.ndarray,
+    idx: np.ndarray,
+    p: float,
+    slope: float,
+    cfg: DetectorConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score and top metric of rows in a transient: the same distance, looser relations.
+
+    While the operating point moves, tight relations between metrics hold only roughly
+    (pressure follows speed squared, temperatures lag by minutes), so the eigenvalues of the
+    correlation are floored at ``transient_floor`` instead of ``eigen_floor``: being at
+    another operating point (the main directions) still costs nothing extra, and a reading
+    far off every direction still scores.
+    """
+    lam_t = np.maximum(lam, cfg.transient_floor)
+    prec = (vec / lam_t[:, None, :]) @ vec.transpose(0, 2, 1)
+    gt = np.einsum("ij,ijk->ik", zs, prec[uinv])
+    dist2 = np.einsum("ij,ij->i", gt, zs)
+    c = 2.0 / (9.0 * p)
+    wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
+    score = 1.0 / (1.0 + np.exp(-np.clip(slope * (wh - cfg.z_mid), -50.0, 50.0)))
+    inv_sd = (1.0 / np.sqrt(np.diagonal(prec, axis1=1, axis2=2)))[uinv]
+    return score, idx[np.argmax(np.abs(gt) * inv_sd, axis=1)]
+
+
+def _transients(
+    g: dict[str, np.ndarray],
+    t: np.ndarray,
+    x: np.ndarray,
+    dev: np.ndarray,
+    sd: np.ndarray,
+    warm: np.ndarray,
+    cfg: DetectorConfig,
+) -> np.ndarray:
+    """Which readings (device-contiguous, in arrival order) are in a transient; updates ``g``.
+
+    ``sd`` and ``warm`` are per reading, from the baseline its run is scored against, so the
+    answer does not depend on where requests split the stream. A move needs at least three
+    metrics that changed together: one metric jumping alone is what an anomaly looks like.
+    """
+    n, k = x.shape
+    present = np.isfinite(x)
+    first = np.ones(n, dtype=bool)
+    first[1:] = dev[1:] != dev[:-1]
+    prev = np.empty_like(x)
+    prev[1:] = x[:-1]
+    prev_ok = np.empty_like(present)
+    prev_ok[1:] = present[:-1]
+    prev[first] = g["last"][dev[first]]
+    prev_ok[first] = g["last_ok"][dev[first]] > 0
+    both = present & prev_ok & warm
+    step = np.where(both, np.abs(np.where(both, x - prev, 0.0)) / sd, np.inf)
+    step.sort(axis=1)  # missing last
+    cnt = both.sum(axis=1)
+    lo = np.maximum(cnt - 1, 0) // 2
+    hi = cnt // 2
+    med = 0.5 * (
+        np.take_along_axis(step, lo[:, None], axis=1)[:, 0]
+        + np.take_along_axis(step, np.minimum(hi, k - 1)[:, None], axis=1)[:, 0]
+    )
+    moving = (cnt >= 3) & (med >= cfg.move_threshold)
+    lens = np.bincount(dev, minlength=g["t_move"].shape[0]).tolist()
+    moved = _segment_cummax(np.where(moving, t, 0), dev, lens)
+    since = np.maximum(moved, g["t_move"][dev].astype(np.int64))
+    transient = (since > 0) & (t - since <= cfg.transient_s * 1000.0)
+    # The state remembers the last reading and the latest move of each device.
+    last = np.flatnonzero(np.append(first[1:], True))
+    d_last = dev[last]
+    g["last"][d_last] = np.where(present[last], x[last], 0.0)
+    g["last_ok"][d_last] = present[last].astype(float)
+    g["t_move"][d_last] = since[last]
+    return transient
 
 
 def _score_runs_chunked(
@@ -444,6 +602,7 @@ def _score_runs_chunked(
         part = rows._replace(
             x=rows.x[lo:hi], present=rows.present[lo:hi], ready=rows.ready[lo:hi],
             run=rows.run[lo:hi] - r0, run_start=rows.run_start[r0:r1] - lo,
+            transient=None if rows.transient is None else rows.transient[lo:hi],
         )  # fmt: skip
         parts.append(_score_runs({key: v[r0:r1] for key, v in base.items()}, part, cfg, k))
     return _Scored(*(np.concatenate(field) for field in zip(*parts, strict=True)))
@@ -576,6 +735,30 @@ def _rows(
     return rows, order
 
 
+def _transient_rows(
+    g: dict[str, np.ndarray],
+    base: dict[str, np.ndarray],
+    rows: _Rows,
+    order: np.ndarray | None,
+    t: np.ndarray,
+    x: np.ndarray,
+    cfg: DetectorConfig,
+) -> np.ndarray:
+    """:func:`_transients` for a group's rows: from arrival order to the rows' round order."""
+    cov, mean = base["cov"], base["mean"]
+    var = np.diagonal(cov, axis1=1, axis2=2)
+    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
+    warm = np.diagonal(base["w_cov"], axis1=1, axis2=2) >= cfg.warmup_readings
+    run = rows.run
+    dev = rows.dev
+    if order is not None:
+        back = np.empty_like(order)
+        back[order] = np.arange(order.shape[0])
+        run, dev = run[back], dev[back]
+    transient = _transients(g, t, x, dev, sd[run], warm[run], cfg)
+    return transient if order is None else transient[order]
+
+
 def _score_group(
     states: list[DeviceState], ts: list[np.ndarray], xs: list[np.ndarray], cfg: DetectorConfig
 ) -> list[tuple[DeviceState, DeviceScores]]:
@@ -615,6 +798,8 @@ def _score_group(
             if k:
                 ri = rows.run[lo:hi] - a0
                 _learn(g, sel, rows, lo, hi, ri, rows.run_start[a0:a1] - lo, cfg, k)
+        if k:
+            rows = rows._replace(transient=_transient_rows(g, base, rows, order, t, x, cfg))
         scored = _score_runs_chunked(base, rows, cfg, k)
         run_features, run_ready = _trends(g, rows, learned, dt, scored.pending, cfg, k)
     score, top = scored.score, scored.top

@@ -48,6 +48,11 @@ class DeviceState:
             is left of it once the other metrics explain what they can).
         tg_w, tg_s: Trend of the overall deviation (the calibrated deviate), per time scale.
         pc_n, pc_s, pc_q, pg_n, pg_s: Pending trend sums of the current bucket.
+        last, last_ok: The latest reading's values and which of them were present, so the
+            first reading of the next request knows how far the machine just moved.
+        t_move: Time (epoch ms, 0 = never) of the latest reading at which the machine's
+            operating point moved (a start, stop or load step): readings soon after it are
+            in a transient, where the relations between metrics lag and bend.
     """
 
     names: list[str]
@@ -73,8 +78,11 @@ class DeviceState:
     pc_n: np.ndarray
     pc_s: np.ndarray
     pc_q: np.ndarray
+    last: np.ndarray
+    last_ok: np.ndarray
     pg_n: float = 0.0
     pg_s: float = 0.0
+    t_move: float = 0.0
 
     @classmethod
     def fresh(cls, names: Sequence[str], t_ms: int, bucket: int) -> DeviceState:
@@ -87,7 +95,8 @@ class DeviceState:
         """Return a deep copy (the detector never modifies the state it was given)."""
         return DeviceState(
             list(self.names), self.t_first, self.t_last, self.bucket, self.folded,
-            *(getattr(self, key).copy() for key in _ARRAYS), self.pg_n, self.pg_s,
+            *(getattr(self, key).copy() for key in _ARRAYS),
+            *(getattr(self, key) for key in _SCALARS),
         )  # fmt: skip
 
     def with_metrics(self, names: Sequence[str]) -> DeviceState:
@@ -121,26 +130,29 @@ class DeviceState:
 
         return DeviceState(
             [*self.names, *new], self.t_first, self.t_last, self.bucket, self.folded,
-            *(grow(key) for key in _ARRAYS), self.pg_n, self.pg_s,
+            *(grow(key) for key in _ARRAYS), *(getattr(self, key) for key in _SCALARS),
         )  # fmt: skip
 
     def is_finite(self) -> bool:
         """Return whether every number in the state is finite (so it serialises as JSON)."""
-        scalars = np.isfinite([self.pg_n, self.pg_s]).all()
+        scalars = np.isfinite([getattr(self, key) for key in _SCALARS]).all()
         return bool(scalars) and all(bool(np.isfinite(getattr(self, a)).all()) for a in _ARRAYS)
 
 
-_VECTORS = ("mean", "w_mean", "slow", "w_slow", "p_w", "p_x", "pc_n", "pc_s", "pc_q")
+_VECTORS = (
+    *("mean", "w_mean", "slow", "w_slow", "p_w", "p_x", "pc_n", "pc_s", "pc_q"),
+    *("last", "last_ok"),
+)
 _MATRICES = ("cov", "w_cov", "p_s", "p_n")
 _TRENDS = ("tr_w", "tr_s", "tr_q")
 _GLOBAL = ("tg_w", "tg_s")
 # Constructor order of the array fields (after names and the integers).
 _ARRAYS = (
     *("mean", "w_mean", "slow", "w_slow", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n"),
-    *(*_TRENDS, *_GLOBAL, "pc_n", "pc_s", "pc_q"),
+    *(*_TRENDS, *_GLOBAL, "pc_n", "pc_s", "pc_q", "last", "last_ok"),
 )
 _INTS = ("t_first", "t_last", "bucket", "folded")
-_NEW_IN_V2 = ("slow", "w_slow", "pc_n", "pc_s", "pc_q")
+_NEW_IN_V2 = ("slow", "w_slow", "pc_n", "pc_s", "pc_q", "last", "last_ok")
 
 
 def _shape(key: str, k: int) -> tuple[int, ...]:
@@ -153,7 +165,7 @@ def _shape(key: str, k: int) -> tuple[int, ...]:
     return (k,)
 
 
-_SCALARS = ("pg_n", "pg_s")
+_SCALARS = ("pg_n", "pg_s", "t_move")
 
 
 @lru_cache(maxsize=64)
@@ -203,7 +215,9 @@ def dump_states(states: Sequence[DeviceState]) -> list[dict[str, Any]]:
             *(stacked(key) for key in _VECTORS),
             *(m[:, rows[0], rows[1]] for m in mats),
             *(stacked(key) for key in (*_TRENDS, *_GLOBAL)),
-            np.array([[s.pg_n, s.pg_s] for s in group], dtype=float).reshape(d, 2),
+            np.array([[getattr(s, key) for key in _SCALARS] for s in group], dtype=float).reshape(
+                d, len(_SCALARS)
+            ),
         ]
         flat = np.concatenate(parts, axis=1).tolist()
         spans: list[tuple[str, int, int]] = []
@@ -217,7 +231,8 @@ def dump_states(states: Sequence[DeviceState]) -> list[dict[str, Any]]:
                 doc[key] = int(getattr(state, key))
             for key, s, e in spans:
                 doc[key] = values[s:e]
-            doc["pg_n"], doc["pg_s"] = values[pos], values[pos + 1]
+            for j, key in enumerate(_SCALARS):
+                doc[key] = values[pos + j]
             out[i] = doc
     return out
 
@@ -229,7 +244,10 @@ def _diag(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 _NUMBER = frozenset((int, float))
 # Fields that can never be negative: weights, sums of squares, and the covariance's diagonal.
-_NONNEG = ("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "tr_q", "pc_q")
+_NONNEG = (
+    *("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "tr_q", "pc_q"),
+    *("last_ok", "pg_n", "t_move"),
+)
 
 
 @lru_cache(maxsize=256)
@@ -244,20 +262,16 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
     if version != 1:
         fields += [(key, TREND_SCALES * k) for key in _TRENDS]
         fields += [(key, TREND_SCALES) for key in _GLOBAL]
-        fields += [("pg_n", -1), ("pg_s", -1)]  # scalars
+        fields += [(key, -1) for key in _SCALARS]
     masks = []
     for key, n in fields:
-        if key == "pg_n":
-            masks.append(np.ones(1, dtype=bool))
-        elif key == "pg_s":
-            masks.append(np.zeros(1, dtype=bool))
-        elif key in _NONNEG:
-            masks.append(np.ones(n, dtype=bool))
+        if key in _NONNEG:
+            masks.append(np.ones(1 if n < 0 else n, dtype=bool))
         elif key == "cov":
             iu = _triu(k)
             masks.append(np.ones(n, dtype=bool) if k > MAX_FULL_COV else iu[0] == iu[1])
         else:
-            masks.append(np.zeros(n, dtype=bool))
+            masks.append(np.zeros(1 if n < 0 else n, dtype=bool))
     return fields, np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *masks]))
 
 

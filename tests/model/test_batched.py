@@ -3,6 +3,9 @@
 ``ref_score_device`` below is a verbatim copy of the per-device implementation (one device,
 one bucket at a time) as it was before the batched core: the reference every result of
 :func:`model.detector.score_devices` (and of ``score_request`` built on it) is checked against.
+The reference predates transient handling (``move_threshold``) and the imputation of missing
+metrics (``impute_missing``), so comparisons with it turn both off (``AS_REF``) and leave out
+the state fields only transients use; the split-request test runs with them on as well.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from simulator.fleet import METRICS, Fleet, FleetConfig
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAY_MS = 86_400_000
 TOL = 1e-12
+# Transient handling and imputation off: what the reference implements.
+AS_REF: dict[str, Any] = {"move_threshold": float("inf"), "impute_missing": False}
+TRANSIENT_FIELDS = ("last", "last_ok", "t_move")
 
 # ---------------------------------------------------------------------------------------------
 # The reference: the per-device implementation, unchanged.
@@ -299,6 +305,8 @@ TREND_SUMS = {
 def assert_same_state(got: DeviceState, want: DeviceState) -> None:
     a, b = dump_state(got), dump_state(want)
     assert a.keys() == b.keys()
+    for key in TRANSIENT_FIELDS:
+        del a[key], b[key]
     clip = DetectorConfig().trend_clip
     for key, value in b.items():
         if key in TREND_SUMS:
@@ -381,7 +389,8 @@ def fleet_batches(
     return names, chunk.times_ms.copy(), xs
 
 
-SHORT = DetectorConfig(warmup_s=1800.0, warmup_readings=20.0)
+SHORT = DetectorConfig(warmup_s=1800.0, warmup_readings=20.0, **AS_REF)
+SHORT_MOVES = DetectorConfig(warmup_s=1800.0, warmup_readings=20.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +413,7 @@ def test_default_config_after_the_full_warmup_equals_the_reference() -> None:
     names, t, xs = fleet_batches(4, 6000, seed=5, anomaly_per_day=12.0)
     warm = [(names[d], t[:5000], xs[d][:5000]) for d in range(4)]
     rest = [(names[d], t[5000:], xs[d][5000:]) for d in range(4)]
-    check_requests([warm, rest], [None] * 4, DetectorConfig())
+    check_requests([warm, rest], [None] * 4, DetectorConfig(**AS_REF))
 
 
 def test_devices_with_uneven_readings_and_buckets_equal_the_reference() -> None:
@@ -412,7 +421,7 @@ def test_devices_with_uneven_readings_and_buckets_equal_the_reference() -> None:
     # where only some devices take part.
     rng = np.random.default_rng(7)
     names = ["a", "b", "c"]
-    cfg = DetectorConfig(warmup_s=600.0, warmup_readings=10.0)
+    cfg = DetectorConfig(warmup_s=600.0, warmup_readings=10.0, **AS_REF)
     states: list[DeviceState | None] = [None] * 5
     for step in range(4):
         request = []
@@ -526,7 +535,7 @@ def test_absurd_magnitudes_and_many_metrics_equal_the_reference() -> None:
         (mid, t, rng.normal(size=(300, len(mid)))),
         ([], t, np.zeros((300, 0))),  # no metric at all
     ]
-    cfg = DetectorConfig(warmup_s=3600.0, warmup_readings=10.0)
+    cfg = DetectorConfig(warmup_s=3600.0, warmup_readings=10.0, **AS_REF)
     check_requests([request, request], [None] * len(request), cfg)
 
 
@@ -617,14 +626,15 @@ def test_score_request_equals_the_reference_per_device() -> None:
     assert any(p["anomaly_score"] > 0.5 for d in out["devices"] for p in d["predictions"])
 
 
-def test_score_request_split_into_many_requests_equals_one_request() -> None:
+@pytest.mark.parametrize("cfg", [SHORT, SHORT_MOVES], ids=["no-moves", "moves"])
+def test_score_request_split_into_many_requests_equals_one_request(cfg: DetectorConfig) -> None:
     per_device = fleet_request_readings(6, 900, seed=2)
-    whole = score_request(as_request(per_device, {}), SHORT)
+    whole = score_request(as_request(per_device, {}), cfg)
     states: dict[str, Any] = {}
     parts: dict[str, list[dict[str, Any]]] = {d: [] for d in per_device}
     for start in range(0, 900, 113):
         chunk = {d: r[start : start + 113] for d, r in per_device.items()}
-        out = json.loads(json.dumps(score_request(as_request(chunk, states), SHORT)))
+        out = json.loads(json.dumps(score_request(as_request(chunk, states), cfg)))
         for device in out["devices"]:
             states[device["device_id"]] = device["state"]
             parts[device["device_id"]].extend(device["predictions"])

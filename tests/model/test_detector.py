@@ -52,11 +52,11 @@ def test_score_device_calibrated_on_a_clean_fleet() -> None:
     assert max(shares) < 0.05, shares
 
 
-def test_score_device_flags_most_injected_spikes_and_level_shifts() -> None:
-    fleet, chunk = simulate(12, 3, seed=2, anomaly_per_day=8.0, degradation_per_day=0.0)
+def test_score_device_flags_injected_spikes_and_level_shifts_with_almost_no_false_alarms() -> None:
+    fleet, chunk = simulate(16, 3, seed=2, anomaly_per_day=12.0, degradation_per_day=0.0)
     caught: list[bool] = []
     false_alarm = []
-    for d in range(12):
+    for d in range(16):
         names, t, x = device_arrays(fleet, chunk, d)
         _, scores = score_device(None, names, t, x)
         label = chunk.anomaly[:, d]
@@ -67,9 +67,50 @@ def test_score_device_flags_most_injected_spikes_and_level_shifts() -> None:
             kind = ANOMALY_KINDS[label[s] - 1]
             if after[s] and kind in ("spike", "level_shift"):
                 caught.append(bool(scores.is_anomaly[s:e].any()))
-    assert len(caught) >= 8
-    assert np.mean(caught) > 0.5, caught
-    assert np.mean(false_alarm) < 0.02
+    assert len(caught) >= 15
+    assert np.mean(caught) > 0.4, caught
+    assert np.mean(false_alarm) < 0.001, false_alarm
+
+
+def test_score_device_does_not_alarm_on_starts_and_stops() -> None:
+    # Clean machines that start and stop every few hours: pressure follows speed squared and
+    # temperatures lag, so readings around a switch break the steady relations. Scored as
+    # transients they raise no alarm; scored as steady readings, they would.
+    fleet, chunk = simulate(6, 3, seed=7, anomaly_per_day=0.0, degradation_per_day=0.0)
+    flags = {True: 0, False: 0}
+    for d in range(6):
+        names, t, x = device_arrays(fleet, chunk, d)
+        after = t - t[0] >= DAY_MS
+        for transients in (True, False):
+            cfg = DetectorConfig(move_threshold=0.5 if transients else float("inf"))
+            _, scores = score_device(None, names, t, x, cfg)
+            flags[transients] += int(scores.is_anomaly[after].sum())
+    assert flags[False] > 100  # the steady model alone does flag the switches
+    assert flags[True] <= 0.05 * flags[False], flags
+
+
+def test_score_device_a_metric_dropping_out_for_an_hour_does_not_break_the_baseline() -> None:
+    # A pump loses its pressure reading for an hour while it starts and stops. Learning each
+    # covariance entry pairwise then leaves a matrix with a negative eigenvalue, and the pump
+    # is flagged for days after; learning the missing metric by its conditional expectation
+    # keeps the baseline whole.
+    fleet, chunk = simulate(1, 3, seed=2026, anomaly_per_day=0.0, degradation_per_day=0.0)
+    names, t, x = device_arrays(fleet, chunk, 0)
+    assert names[2] == "pressure_kpa"
+    hole = slice(int(1.2 * 8640), int(1.2 * 8640) + 500)
+    x[hole, 2] = np.nan
+    later = t - t[hole.stop] >= 0
+    flagged = {}
+    for impute in (True, False):
+        cfg = DetectorConfig(impute_missing=impute)
+        state, scores = score_device(None, names, t, x, cfg)
+        flagged[impute] = float(scores.is_anomaly[later].mean())
+        sd = np.sqrt(np.diag(state.cov))
+        lowest = float(np.linalg.eigvalsh(state.cov / np.outer(sd, sd)).min())
+        if impute:
+            assert lowest > 0.0
+    assert flagged[True] < 0.001, flagged
+    assert flagged[False] > 10 * max(flagged[True], 1e-4), flagged
 
 
 def test_score_device_notices_an_unusual_combination() -> None:
