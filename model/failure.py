@@ -186,14 +186,25 @@ class FailureModel:
 def load_failure_model(model_dir: str | Path | None) -> FailureModel:
     """Load ``<model_dir>/failure.json``; an empty model when there is none.
 
+    Azure ML mounts a model registered from a folder under that folder's name
+    (``$AZUREML_MODEL_DIR/artifacts/failure.json`` for ``path: ../artifacts``), so one level
+    of subfolders is searched too when the file is not at the top.
+
     Raises:
-        ArtifactError: The file exists but is not a valid artifact (named in the message).
+        ArtifactError: The file exists but is not a valid artifact (named in the message), or
+            several subfolders hold one (which to use would be a guess).
     """
     if model_dir is None:
         return FailureModel()
     path = Path(model_dir) / ARTIFACT_NAME
     if not path.is_file():
-        return FailureModel()
+        nested = sorted(Path(model_dir).glob(f"*/{ARTIFACT_NAME}"))
+        if len(nested) > 1:
+            found = ", ".join(str(p) for p in nested)
+            raise ArtifactError(f"{model_dir}: more than one {ARTIFACT_NAME} ({found})")
+        if not nested:
+            return FailureModel()
+        path = nested[0]
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -182,3 +182,16 @@ def test_command_line_rejects_a_directory_without_data(
         main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_load_finds_the_artifact_one_folder_down_as_azure_ml_mounts_it(tmp_path: Path) -> None:
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / ARTIFACT_NAME).write_bytes((ARTIFACTS / ARTIFACT_NAME).read_bytes())
+    names = list(kind_metrics("pump"))
+    model = load_failure_model(tmp_path)
+    features = np.zeros((1, len(trend_feature_names(names))))
+    assert model.predict(names, features, np.ones(1, bool)) is not None
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ARTIFACT_NAME).write_bytes((ARTIFACTS / ARTIFACT_NAME).read_bytes())
+    with pytest.raises(ArtifactError, match="more than one"):
+        load_failure_model(tmp_path)

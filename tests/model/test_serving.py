@@ -6,12 +6,17 @@ One server for the module: it takes about a second to start, and every test only
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
 
+from model.detector import DetectorConfig
+from model.failure import ARTIFACT_NAME
 from model.score import CONTRACT, MODEL_VERSION
 from shared.microbatch import MicroBatcher, build_body, chunk_device
 from shared.predictions import parse_device_result
@@ -149,3 +154,47 @@ def test_score_micro_batcher_scores_through_server(server: str) -> None:
         ]
         assert all(0.0 <= p.anomaly_score <= 1.0 for p in result.predictions)
         assert result.state
+
+
+def test_served_with_the_trained_artifact_a_warm_pump_gets_a_failure_probability() -> None:
+    # The committed artifact, mounted the way Azure ML mounts a folder model
+    # ($AZUREML_MODEL_DIR/<folder>/failure.json), scores a pump past its warm-up.
+    artifact = Path(__file__).resolve().parents[2] / "model" / "artifacts" / "failure.json"
+    steps = int((DetectorConfig().warmup_s + 2 * 3600) / 10)
+    readings = [
+        {
+            "timestamp": stamp(i),
+            "metrics": {
+                "temperature_c": 48.0 + 0.2 * ((i * 7) % 5),
+                "vibration_mm_s": 1.7 + 0.01 * ((i * 3) % 7),
+                "pressure_kpa": 350.0 + (i * 11) % 9,
+                "rpm": 2925.0 + (i * 5) % 11,
+                "current_a": 30.5 + 0.1 * ((i * 13) % 6),
+                "flow_m3h": 96.0 + (i * 17) % 5,
+            },
+        }
+        for i in range(steps)
+    ]
+    body = json.dumps(
+        {
+            "contract": CONTRACT,
+            "devices": [{"device_id": "pump-0001", "state": None, "readings": readings}],
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "artifacts").mkdir()
+        shutil.copy(artifact, Path(tmp) / "artifacts" / ARTIFACT_NAME)
+        with serve(model_dir=tmp) as url, requests.Session() as session:
+            resp = session.post(
+                f"{url}/score",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+    assert resp.status_code == 200, resp.text[:500]
+    preds = resp.json()["devices"][0]["predictions"]
+    assert preds[0]["failure_probability"] is None  # cold start: no trend yet
+    last = preds[-1]
+    assert isinstance(last["failure_probability"], float)
+    assert 0.0 <= last["failure_probability"] <= 1.0
+    assert isinstance(last["maintenance_due"], bool)
