@@ -47,8 +47,8 @@ test: setup lint ## Set up, lint, and run every test (starts Azurite itself)
 	@echo "==> pytest"
 	@$(PY) -m pytest
 
-unit: $(STAMP) ## Only the unit tests: no Azurite, no local servers
-	@$(PY) -m pytest -m "not azurite and not stack"
+unit: $(STAMP) ## Only the unit tests: no Azurite, no local servers, no browser
+	@$(PY) -m pytest -m "not azurite and not stack and not browser"
 
 eventhubs: $(STAMP) ## Run the Event Hubs emulator on 127.0.0.1:5672 (Ctrl-C stops it)
 	@$(PY) -m local.eventhubs --port 5672
