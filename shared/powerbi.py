@@ -12,7 +12,8 @@ or replayed batch cannot reopen a window already sent; `last_timestamp` carries 
 
 Two ways in (a `PushTarget`):
   * REST API: `POST {api_url}/v1.0/myorg[/groups/{workspace}]/datasets/{id}/tables/{t}/rows`,
-    body `{"rows": [...]}`, `Authorization: Bearer` from a token provider (Entra ID).
+    body `{"rows": [...]}`, `Authorization: Bearer` from a token provider (Entra ID; for the
+    local dashboard stand-in only, the fixed POWERBI_ACCESS_TOKEN).
   * Push URLs that Power BI shows for a dataset made in its UI: body is a bare JSON array and
     each URL addresses a single table, so there are two settings, `aggregates_url` and
     `anomalies_url`; a kind whose URL is absent is not pushed at all. The app has a single
@@ -592,8 +593,14 @@ def sink_from_settings(
         api_url=settings.powerbi_api_url or "https://api.powerbi.com",
         aggregates_url=settings.powerbi_push_url or None,
     )
-    provider = None
-    if target.uses_rest:
+    provider: TokenProvider | None = None
+    if target.uses_rest and settings.powerbi_access_token:
+        token = settings.powerbi_access_token  # local stand-in only; settings check the URL
+
+        def provider() -> str:
+            return token
+
+    elif target.uses_rest:
         provider = entra_token_provider(credential or _credential_for(settings))
     sink = PowerBISink(
         target,

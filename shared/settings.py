@@ -82,6 +82,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POWERBI_CLIENT_ID", "", "Service principal (or user-assigned identity) client id"),
     Setting("POWERBI_CLIENT_SECRET", "", "Service principal secret (a Key Vault reference)", True),
     Setting(
+        "POWERBI_ACCESS_TOKEN",
+        "",
+        "Local stand-in only: a fixed bearer token instead of Entra ID; refused unless "
+        "POWERBI_API_URL is on localhost",
+        True,
+    ),
+    Setting(
         "RESULTS_EVENTHUB_CONNECTION",
         "",
         "Event hub for predictions (Fabric Eventstream); empty = off",
@@ -91,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _PREFIX = re.compile(r"(?:[A-Za-z][A-Za-z0-9]{0,19})?")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
@@ -122,6 +130,7 @@ class Settings:
     powerbi_tenant_id: str
     powerbi_client_id: str
     powerbi_client_secret: str
+    powerbi_access_token: str
     results_eventhub_connection: str
     results_eventhub_name: str
 
@@ -170,7 +179,7 @@ def _url(env: Mapping[str, str], name: str, *, allow_http_local: bool = True) ->
     if not raw:
         return raw
     parts = urlsplit(raw)
-    local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    local = parts.hostname in _LOOPBACK
     if parts.scheme != "https" and not (allow_http_local and local and parts.scheme == "http"):
         raise ConfigError(name, "must be an https:// URL (http:// only for localhost)")
     if not parts.hostname:
@@ -187,6 +196,20 @@ def _connection(env: Mapping[str, str], name: str, required_keys: tuple[str, ...
         if key.lower() not in keys:
             raise ConfigError(name, f"is not a connection string: it has no {key}=")
     return raw
+
+
+def _local_token(env: Mapping[str, str], api_url: str) -> str:
+    """A fixed Power BI token, only for a stand-in on this machine.
+
+    A static bearer token bypasses Entra ID; against the real service it would be a secret that
+    never expires, so it is refused unless the API root is loopback (the local dashboard).
+    """
+    token = _text(env, "POWERBI_ACCESS_TOKEN")
+    if token and urlsplit(api_url).hostname not in _LOOPBACK:
+        raise ConfigError(
+            "POWERBI_ACCESS_TOKEN", "is for a local stand-in: POWERBI_API_URL must be localhost"
+        )
+    return token
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         value = _text(env, name)
         if value and not _GUID.fullmatch(value):
             raise ConfigError(name, "must be a GUID")
+    powerbi_api_url = _url(env, "POWERBI_API_URL")
     return Settings(
         eventhub_connection=_connection(env, "EVENTHUB_CONNECTION", ("Endpoint",)),
         eventhub_name=_text(env, "EVENTHUB_NAME"),
@@ -230,7 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         score_max_concurrency=_number(env, "SCORE_MAX_CONCURRENCY", int, 1, 64),
         score_retry_deadline_seconds=_number(env, "SCORE_RETRY_DEADLINE_SECONDS", float, 0, 300),
         state_cache_seconds=_number(env, "STATE_CACHE_SECONDS", float, 0, 86_400),
-        powerbi_api_url=_url(env, "POWERBI_API_URL"),
+        powerbi_api_url=powerbi_api_url,
         powerbi_workspace_id=_text(env, "POWERBI_WORKSPACE_ID"),
         powerbi_dataset_id=_text(env, "POWERBI_DATASET_ID"),
         powerbi_push_url=_url(env, "POWERBI_PUSH_URL"),
@@ -239,6 +263,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         powerbi_tenant_id=_text(env, "POWERBI_TENANT_ID"),
         powerbi_client_id=_text(env, "POWERBI_CLIENT_ID"),
         powerbi_client_secret=_text(env, "POWERBI_CLIENT_SECRET"),
+        powerbi_access_token=_local_token(env, powerbi_api_url),
         results_eventhub_connection=_connection(env, "RESULTS_EVENTHUB_CONNECTION", ("Endpoint",)),
         results_eventhub_name=_text(env, "RESULTS_EVENTHUB_NAME"),
     )

@@ -637,3 +637,36 @@ def test_sink_from_settings_takes_a_share_of_the_dataset_limits_per_writer():
         assert sink._rows.rate * 3600 == pytest.approx(225_000.0)
     finally:
         sink.close()
+
+
+def test_sink_from_settings_uses_a_fixed_token_only_for_a_local_stand_in():
+    sent = []
+
+    def transport(url, body, headers):
+        sent.append((url, headers["Authorization"]))
+        return 200, {}, b""
+
+    class NoEntra:
+        def get_token(self, *scopes: str, **kwargs: object):
+            raise AssertionError("a fixed token must not ask Entra ID")
+
+    ds = "66666666-7777-8888-9999-000000000000"
+    local = settings_env(
+        POWERBI_API_URL="http://127.0.0.1:7000",
+        POWERBI_DATASET_ID=ds,
+        POWERBI_ACCESS_TOKEN="dashboard-key",
+    )
+    settings = load_settings(local)
+    assert "dashboard-key" not in repr(settings)
+    sink = sink_from_settings(settings, transport=transport, credential=NoEntra(), start=False)
+    sink.offer([pred(anomaly=True)])
+    sink.pump()
+    sink.close()
+    assert sent[0] == (
+        f"http://127.0.0.1:7000/v1.0/myorg/datasets/{ds}/tables/Anomalies/rows",
+        "Bearer dashboard-key",
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**local, "POWERBI_API_URL": "https://api.powerbi.com"})
+    assert refused.value.setting == "POWERBI_ACCESS_TOKEN"
+    assert "dashboard-key" not in str(refused.value)
