@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -54,12 +55,13 @@ __all__ = [
 # What the baseline's fold reads.
 _BASELINE = (
     *("mean", "w_mean", "slow", "w_slow", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n"),
+    *("step", "w_step", "p_d", "p_dn"),
     *("bucket", "folded"),
 )
 # Matrix elements (per-run k x k matrices) scored at once; bounds memory for wide devices.
 _CHUNK_ELEMENTS = 4_000_000
 # The baseline a run's readings are scored against, recorded per run.
-_SNAP = ("mean", "slow", "cov", "w_cov", "w_mean")
+_SNAP = ("mean", "slow", "cov", "w_cov", "w_mean", "step", "w_step")
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,22 @@ class DetectorConfig:
         shrinkage: Weight of the identity in the shrunk correlation matrix.
         eigen_floor: Smallest eigenvalue kept when inverting it; bounds how tight a learned
             relation between metrics can be (sensor noise never allows an exact one).
-        move_threshold: A reading *moves* when the median over its metrics of the change since
-            the previous reading, in standard deviations, is at least this: the whole
-            operating point shifts (a start, a stop, a load step), not one metric.
+        move_threshold: A reading *moves* when the median, over the metrics present in it and
+            in the previous reading (at least three), of the change since that reading is at
+            least this many times the metric's typical change: the whole operating point
+            shifts (a start, a stop, a load step), not one metric. A steady machine's noise
+            is its typical change, so it never moves; a device with fewer than three
+            metrics never does either.
+        step_clip: A change enters the typical change clipped at this many times it, so the
+            rare large steps of starts and stops do not become typical.
         transient_s: Readings this soon after a move are in a transient, where the relations
             between metrics lag and bend (pressure follows speed squared; temperatures catch
             up over minutes).
         transient_floor: Smallest eigenvalue of the correlation kept for readings in a
             transient: how loosely the relations hold then.
         impute_missing: Learn a missing metric as its expectation given the others (see
-            ``_impute``); off learns each covariance entry pairwise, which can break.
+            ``_impute``); off learns each covariance entry from the readings that had both
+            metrics, which can leave a matrix no reading obeys.
         trend_taus_s: Time constants of the trend features, short then long.
         trend_clip: Conditional residuals are clipped at this many deviations before they
             enter a trend, so one absurd reading cannot dominate hours of evidence.
@@ -107,7 +115,8 @@ class DetectorConfig:
     huber: float = 4.0
     shrinkage: float = 0.001
     eigen_floor: float = 1e-4
-    move_threshold: float = 0.5
+    move_threshold: float = 4.0
+    step_clip: float = 3.0
     transient_s: float = 240.0
     transient_floor: float = 0.1
     impute_missing: bool = True
@@ -160,23 +169,30 @@ class _Rows(NamedTuple):
     round_rows: list[int]  # row boundaries of the rounds
     round_runs: list[int]  # run boundaries of the rounds
     transient: np.ndarray | None = None  # (N,) the reading is in a transient
+    delta: np.ndarray | None = None  # (N, k) |change| since the device's previous reading, or NaN
 
 
 def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
     """Stack the states of one group along a leading device axis (a copy: inputs stay intact)."""
     d = len(states)
-    # One concatenation per field (then a reshape) is a single C call; np.stack is several.
-    g = {
-        key: np.concatenate([getattr(s, key) for s in states]).reshape(
-            d, *getattr(states[0], key).shape
-        )
-        for key in _ARRAYS
-    }
-    for key in _INTS:
-        g[key] = np.array([getattr(s, key) for s in states], dtype=np.int64)
-    for key in _SCALARS:
-        g[key] = np.array([getattr(s, key) for s in states], dtype=float)
+    # One C-level attribute fetch per state, then one concatenation per field (a single C
+    # call; np.stack is several): per-device Python steps are what a wide request pays for.
+    per_state = list(map(_FIELDS, states))
+    columns = list(zip(*per_state, strict=True))
+    first = per_state[0]
+    g: dict[str, np.ndarray] = {}
+    for j, key in enumerate(_ARRAYS):
+        g[key] = np.concatenate(columns[j]).reshape(d, *first[j].shape)
+    n = len(_ARRAYS)
+    for j, key in enumerate(_INTS):
+        g[key] = np.array(columns[n + j], dtype=np.int64)
+    n += len(_INTS)
+    for j, key in enumerate(_SCALARS):
+        g[key] = np.array(columns[n + j], dtype=float)
     return g
+
+
+_FIELDS = attrgetter(*_ARRAYS, *_INTS, *_SCALARS)
 
 
 def _fold(
@@ -215,13 +231,17 @@ def _fold(
         slow = np.where(
             ws > 0, (dc * v["w_slow"] * v["slow"] + v["p_x"]) / np.maximum(ws, 1e-300), 0.0
         )
+        wd = dl * v["w_step"] + v["p_dn"]
+        step = np.where(
+            wd > 0, (dl * v["w_step"] * v["step"] + v["p_d"]) / np.maximum(wd, 1e-300), 0.0
+        )
         new = {
             "mean": mean, "w_mean": wm, "slow": slow, "w_slow": ws, "cov": cov, "w_cov": wc,
-            "folded": v["bucket"],
+            "step": step, "w_step": wd, "folded": v["bucket"],
         }  # fmt: skip
         for key, value in new.items():
             g[key][sel] = value
-        for key in ("p_w", "p_x", "p_s", "p_n"):
+        for key in ("p_w", "p_x", "p_s", "p_n", "p_d", "p_dn"):
             g[key][sel] = 0.0
     g["bucket"][f] = new_bucket
     return learned, dt
@@ -347,32 +367,48 @@ def _learn(
     r = np.where(present, r, 0.0)
     pf = present.astype(float)
     pn = pf
-    if cfg.impute_missing and not present.all():
-        cov = g["cov"][sel]
-        pn, extra = _impute(cov, r, present, clip, np.zeros_like(ri) if one else ri)
+    if cfg.impute_missing and not present.all() and k <= MAX_FULL_COV:
+        dev = np.zeros_like(ri) if one else ri
+        pn, extra = _impute(g["cov"][sel], w_cov, r, present, clip, dev, cfg)
         if extra is not None:
             g["p_s"][sel] += extra
-    per_row = np.concatenate([pn, pf, pf * (mean_r + r), r], axis=1)
+    # The typical change from one reading to the next, clipped once it is known.
+    delta = rows.delta[lo:hi] if rows.delta is not None else np.full_like(r, np.nan)
+    has = np.isfinite(delta)
+    step, w_step = g["step"][sel], g["w_step"][sel]
+    cap = np.where(w_step >= cfg.warmup_readings, cfg.step_clip * step, np.inf)
+    change = np.where(has, np.minimum(np.where(has, delta, 0.0), cap if one else cap[ri]), 0.0)
+    per_row = np.concatenate([pn, pf, pf * (mean_r + r), has.astype(float), change, r], axis=1)
     sums, cross, pairs = _block_sums(per_row, starts, ri, gram=k)
     g["p_w"][sel] += sums[:, k : 2 * k]
     g["p_x"][sel] += sums[:, 2 * k : 3 * k]
+    g["p_dn"][sel] += sums[:, 3 * k : 4 * k]
+    g["p_d"][sel] += sums[:, 4 * k : 5 * k]
     g["p_s"][sel] += cross
     g["p_n"][sel] += pairs
 
 
 def _impute(
-    cov: np.ndarray, r: np.ndarray, present: np.ndarray, trusted: np.ndarray, dev: np.ndarray
+    cov: np.ndarray,
+    w_cov: np.ndarray,
+    r: np.ndarray,
+    present: np.ndarray,
+    trusted: np.ndarray,
+    dev: np.ndarray,
+    cfg: DetectorConfig,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fill missing residuals with their expectation given the present ones (in place).
 
-    Learning each covariance entry from whichever readings had both metrics (pairwise) can
-    leave a matrix that is not positive semi-definite when a metric drops out for a while
-    (an hour of a pump's running without its pressure): with tightly related metrics, that
-    shows up as a negative eigenvalue, i.e. a "relation" no reading obeys, flagging the
-    machine for days. So, as in EM for a Gaussian with missing data, a missing residual is
-    learned as its conditional mean given the present ones, plus the conditional covariance
-    (returned per device, to add to the pending cross products). Only where the baseline is
-    trusted (``trusted``: warm and past the warm-up); elsewhere a missing metric is left out.
+    Learning each covariance entry from whichever readings had both metrics can leave a
+    matrix that no reading obeys when a metric drops out for a while (an hour of a pump's
+    running without its pressure): with tightly related metrics that is a negative
+    eigenvalue, a "relation" that flags the machine for days. So, as in EM for a Gaussian
+    with missing data, a missing residual is learned as its conditional mean given the
+    present ones, plus the conditional covariance (returned per device, to add to the
+    pending cross products). The conditioning uses the correlation as scoring does (pairs
+    not yet warm left out, eigenvalues floored at ``eigen_floor``), so it is positive
+    definite: every solve is well posed and every conditional variance is positive. Only
+    where the baseline is trusted (``trusted``: warm and past the warm-up).
 
     Returns:
         Per row and metric, 1.0 where the pair sums should count it (present or imputed), and
@@ -385,23 +421,34 @@ def _impute(
     if not need.any():
         return pn, None
     rows = np.flatnonzero(need)
-    key = np.concatenate([dev[rows, None], obs[rows], miss[rows]], axis=1).astype(np.int64)
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    extra = np.zeros_like(cov)
+    u, dev_u = np.unique(dev[rows], return_inverse=True)
+    c = cov[u]
+    sd = np.sqrt(np.maximum(np.diagonal(c, axis1=1, axis2=2), 0.0))
+    sd = np.where(sd > 0, sd, 1.0)
+    corr = np.where(w_cov[u] >= cfg.warmup_readings, c / (sd[:, :, None] * sd[:, None, :]), 0.0)
     k = present.shape[1]
-    for gi, row in enumerate(uniq):
-        d = int(row[0])
-        o = np.flatnonzero(row[1 : 1 + k])
-        m = np.flatnonzero(row[1 + k :])
-        at = rows[inverse == gi]
-        c = cov[d]
-        c_oo = c[np.ix_(o, o)]
-        ridge = 1e-6 * (float(np.trace(c_oo)) / o.size + 1e-12)
-        b = np.linalg.solve(c_oo + ridge * np.eye(o.size), c[np.ix_(o, m)])
-        r[np.ix_(at, m)] = r[np.ix_(at, o)] @ b
-        cond = c[np.ix_(m, m)] - c[np.ix_(m, o)] @ b
-        extra[d][np.ix_(m, m)] += at.size * cond
+    corr[:, np.arange(k), np.arange(k)] = 1.0
+    lam, vec = np.linalg.eigh(corr)
+    corr = (vec * np.maximum(lam, cfg.eigen_floor)[:, None, :]) @ vec.transpose(0, 2, 1)
+    extra = np.zeros_like(cov)
+    for om, at_rows in _patterns(np.concatenate([obs[rows], miss[rows]], axis=1)):
+        o, m = om[om < k], om[om >= k] - k
+        if not (o.size and m.size):
+            continue
+        at = rows[at_rows]
+        uu, inv = np.unique(dev_u[at_rows], return_inverse=True)
+        sub = corr[uu]
+        try:
+            b = np.linalg.solve(sub[:, o][:, :, o], sub[:, o][:, :, m])  # (devices, o, m)
+        except np.linalg.LinAlgError:
+            continue  # cannot happen with floored eigenvalues; never fail a request on it
+        cond = sub[:, m][:, :, m] - sub[:, m][:, :, o] @ b
+        s_o, s_m = sd[uu][:, o], sd[uu][:, m]
+        z_o = r[np.ix_(at, o)] / s_o[inv]
+        r[np.ix_(at, m)] = np.einsum("ij,ijk->ik", z_o, b[inv]) * s_m[inv]
+        counts = np.bincount(inv, minlength=uu.size).astype(float)
+        scaled = cond * (s_m[:, :, None] * s_m[:, None, :]) * counts[:, None, None]
+        extra[u[uu][:, None, None], m[None, :, None], m[None, None, :]] += scaled
         pn[np.ix_(at, m)] = 1.0
     return pn, extra
 
@@ -522,9 +569,12 @@ def _score_transient(
     another operating point (the main directions) still costs nothing extra, and a reading
     far off every direction still scores.
     """
-    lam_t = np.maximum(lam, cfg.transient_floor)
+    # Only the runs that have transient rows; one product per run, as on the main path.
+    runs, uinv = np.unique(uinv, return_inverse=True)
+    lam_t = np.maximum(lam[runs], cfg.transient_floor)
+    vec = vec[runs]
     prec = (vec / lam_t[:, None, :]) @ vec.transpose(0, 2, 1)
-    gt = np.einsum("ij,ijk->ik", zs, prec[uinv])
+    gt = _times(np.stack([zs, zs]), uinv, prec)[0]
     dist2 = np.einsum("ij,ij->i", gt, zs)
     c = 2.0 / (9.0 * p)
     wh = (np.cbrt(np.maximum(dist2, 0.0) / p) - (1.0 - c)) / np.sqrt(c)
@@ -533,52 +583,73 @@ def _score_transient(
     return score, idx[np.argmax(np.abs(gt) * inv_sd, axis=1)]
 
 
-def _transients(
-    g: dict[str, np.ndarray],
-    t: np.ndarray,
-    x: np.ndarray,
-    dev: np.ndarray,
-    sd: np.ndarray,
-    warm: np.ndarray,
-    cfg: DetectorConfig,
-) -> np.ndarray:
-    """Which readings (device-contiguous, in arrival order) are in a transient; updates ``g``.
+def _changes(g: dict[str, np.ndarray], x: np.ndarray, dev: np.ndarray) -> np.ndarray:
+    """Absolute change of each metric since the device's previous reading; updates ``g``.
 
-    ``sd`` and ``warm`` are per reading, from the baseline its run is scored against, so the
-    answer does not depend on where requests split the stream. A move needs at least three
-    metrics that changed together: one metric jumping alone is what an anomaly looks like.
+    Rows are device-contiguous in arrival order; the first reading of a device compares with
+    the last one of its previous request (the state's ``last``). NaN where the metric is
+    missing in either reading.
     """
-    n, k = x.shape
+    n = x.shape[0]
     present = np.isfinite(x)
     first = np.ones(n, dtype=bool)
     first[1:] = dev[1:] != dev[:-1]
     prev = np.empty_like(x)
     prev[1:] = x[:-1]
-    prev_ok = np.empty_like(present)
-    prev_ok[1:] = present[:-1]
-    prev[first] = g["last"][dev[first]]
-    prev_ok[first] = g["last_ok"][dev[first]] > 0
-    both = present & prev_ok & warm
-    step = np.where(both, np.abs(np.where(both, x - prev, 0.0)) / sd, np.inf)
-    step.sort(axis=1)  # missing last
-    cnt = both.sum(axis=1)
-    lo = np.maximum(cnt - 1, 0) // 2
-    hi = cnt // 2
-    med = 0.5 * (
-        np.take_along_axis(step, lo[:, None], axis=1)[:, 0]
-        + np.take_along_axis(step, np.minimum(hi, k - 1)[:, None], axis=1)[:, 0]
-    )
-    moving = (cnt >= 3) & (med >= cfg.move_threshold)
-    lens = np.bincount(dev, minlength=g["t_move"].shape[0]).tolist()
-    moved = _segment_cummax(np.where(moving, t, 0), dev, lens)
-    since = np.maximum(moved, g["t_move"][dev].astype(np.int64))
-    transient = (since > 0) & (t - since <= cfg.transient_s * 1000.0)
-    # The state remembers the last reading and the latest move of each device.
+    prev[first] = np.where(g["last_ok"][dev[first]] > 0, g["last"][dev[first]], np.nan)
+    delta = np.abs(x - prev)
     last = np.flatnonzero(np.append(first[1:], True))
     d_last = dev[last]
     g["last"][d_last] = np.where(present[last], x[last], 0.0)
     g["last_ok"][d_last] = present[last].astype(float)
-    g["t_move"][d_last] = since[last]
+    return delta
+
+
+def _moving(base: dict[str, np.ndarray], rows: _Rows, cfg: DetectorConfig) -> np.ndarray:
+    """Which rows move: most metrics changed by many times their typical change at once.
+
+    Measured against the typical change of the baseline the row's run is scored against,
+    so the answer does not depend on where requests split the stream. A move needs at least
+    three metrics that changed together: one metric jumping alone is what an anomaly looks
+    like, not a new operating point.
+    """
+    assert rows.delta is not None
+    run = rows.run
+    k = rows.delta.shape[1]
+    step = base["step"][run]
+    known = np.isfinite(rows.delta) & (base["w_step"][run] >= cfg.warmup_readings)
+    ratio = np.where(known, np.where(known, rows.delta, 0.0) / np.maximum(step, 1e-12), np.inf)
+    ratio.sort(axis=1)  # unknown last
+    cnt = known.sum(axis=1)
+    lo = np.maximum(cnt - 1, 0) // 2
+    hi = np.minimum(cnt // 2, k - 1)
+    med = 0.5 * (
+        np.take_along_axis(ratio, lo[:, None], axis=1)[:, 0]
+        + np.take_along_axis(ratio, hi[:, None], axis=1)[:, 0]
+    )
+    return (cnt >= 3) & (med >= cfg.move_threshold)
+
+
+def _transients(
+    g: dict[str, np.ndarray],
+    t: np.ndarray,
+    dev: np.ndarray,
+    moving: np.ndarray,
+    lens: list[int],
+    cfg: DetectorConfig,
+) -> np.ndarray:
+    """Which readings (device-contiguous, arrival order) follow a move closely; updates ``g``.
+
+    A reading is in a transient when a move happened at most ``transient_s`` before it (in
+    this request or, through the state's ``t_move``, an earlier one). A late reading, older
+    than the latest move, is not: it came from before the machine moved.
+    """
+    moved = _segment_cummax(np.where(moving, t, 0), dev, lens)
+    since = np.maximum(moved, g["t_move"][dev].astype(np.int64))
+    age = t - since
+    transient = (since > 0) & (age >= 0) & (age <= cfg.transient_s * 1000.0)
+    last = np.cumsum(lens) - 1
+    g["t_move"][dev[last]] = since[last]
     return transient
 
 
@@ -741,21 +812,17 @@ def _transient_rows(
     rows: _Rows,
     order: np.ndarray | None,
     t: np.ndarray,
-    x: np.ndarray,
+    lens: list[int],
     cfg: DetectorConfig,
 ) -> np.ndarray:
-    """:func:`_transients` for a group's rows: from arrival order to the rows' round order."""
-    cov, mean = base["cov"], base["mean"]
-    var = np.diagonal(cov, axis1=1, axis2=2)
-    sd = np.sqrt(np.maximum(var, 0.0) + (1e-4 * np.abs(mean) + 1e-6) ** 2)
-    warm = np.diagonal(base["w_cov"], axis1=1, axis2=2) >= cfg.warmup_readings
-    run = rows.run
+    """:func:`_transients` for a group's rows: moves in round order, time in arrival order."""
+    moving = _moving(base, rows, cfg)
     dev = rows.dev
     if order is not None:
         back = np.empty_like(order)
         back[order] = np.arange(order.shape[0])
-        run, dev = run[back], dev[back]
-    transient = _transients(g, t, x, dev, sd[run], warm[run], cfg)
+        moving, dev = moving[back], dev[back]
+    transient = _transients(g, t, dev, moving, lens, cfg)
     return transient if order is None else transient[order]
 
 
@@ -777,7 +844,10 @@ def _score_group(
     t = np.concatenate(ts) if d > 1 else ts[0]
     x = np.concatenate(xs) if d > 1 else xs[0]
     t_max = np.maximum.reduceat(t, np.cumsum([0, *lens[:-1]])) if d > 1 else t.max(keepdims=True)
+    delta = _changes(g, x, np.repeat(np.arange(d), lens)) if k else None
     rows, order = _rows(g, t, x, lens, cfg)
+    if delta is not None:
+        rows = rows._replace(delta=delta if order is None else delta[order])
     n_runs = rows.run_start.shape[0]
     base = {key: np.empty((n_runs, *g[key].shape[1:])) for key in _SNAP}
     learned = np.zeros(n_runs, dtype=bool)
@@ -799,7 +869,7 @@ def _score_group(
                 ri = rows.run[lo:hi] - a0
                 _learn(g, sel, rows, lo, hi, ri, rows.run_start[a0:a1] - lo, cfg, k)
         if k:
-            rows = rows._replace(transient=_transient_rows(g, base, rows, order, t, x, cfg))
+            rows = rows._replace(transient=_transient_rows(g, base, rows, order, t, lens, cfg))
         scored = _score_runs_chunked(base, rows, cfg, k)
         run_features, run_ready = _trends(g, rows, learned, dt, scored.pending, cfg, k)
     score, top = scored.score, scored.top
@@ -810,7 +880,7 @@ def _score_group(
         score, top, features, ready = score[back], top[back], features[back], ready[back]
     g["t_last"] = np.maximum(g["t_last"], t_max)
     every = np.concatenate(
-        [g["pg_n"][:, None], g["pg_s"][:, None], *(g[key].reshape(d, -1) for key in _ARRAYS)],
+        [*(g[key][:, None] for key in _SCALARS), *(g[key].reshape(d, -1) for key in _ARRAYS)],
         axis=1,
     )
     finite = np.isfinite(every).all(axis=1).tolist()

@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["STATE_VERSION", "DeviceState", "dump_state", "dump_states", "load_state", "load_states"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 # Time scales of the trend features (the failure predictor's inputs): short and long.
 TREND_SCALES = 2
 # Above this many metrics only variances are kept (no covariances), so the state stays well
@@ -50,6 +50,10 @@ class DeviceState:
         pc_n, pc_s, pc_q, pg_n, pg_s: Pending trend sums of the current bucket.
         last, last_ok: The latest reading's values and which of them were present, so the
             first reading of the next request knows how far the machine just moved.
+        step, w_step: Typical change of each metric from one reading to the next (a
+            time-decayed mean of the clipped absolute change) and its weight: what "the
+            machine moved" is measured against, so a steady machine's noise is not a move.
+        p_d, p_dn: Pending sums of the current bucket for ``step`` (clipped changes, count).
         t_move: Time (epoch ms, 0 = never) of the latest reading at which the machine's
             operating point moved (a start, stop or load step): readings soon after it are
             in a transient, where the relations between metrics lag and bend.
@@ -80,6 +84,10 @@ class DeviceState:
     pc_q: np.ndarray
     last: np.ndarray
     last_ok: np.ndarray
+    step: np.ndarray
+    w_step: np.ndarray
+    p_d: np.ndarray
+    p_dn: np.ndarray
     pg_n: float = 0.0
     pg_s: float = 0.0
     t_move: float = 0.0
@@ -141,7 +149,7 @@ class DeviceState:
 
 _VECTORS = (
     *("mean", "w_mean", "slow", "w_slow", "p_w", "p_x", "pc_n", "pc_s", "pc_q"),
-    *("last", "last_ok"),
+    *("last", "last_ok", "step", "w_step", "p_d", "p_dn"),
 )
 _MATRICES = ("cov", "w_cov", "p_s", "p_n")
 _TRENDS = ("tr_w", "tr_s", "tr_q")
@@ -150,9 +158,11 @@ _GLOBAL = ("tg_w", "tg_s")
 _ARRAYS = (
     *("mean", "w_mean", "slow", "w_slow", "cov", "w_cov", "p_w", "p_x", "p_s", "p_n"),
     *(*_TRENDS, *_GLOBAL, "pc_n", "pc_s", "pc_q", "last", "last_ok"),
+    *("step", "w_step", "p_d", "p_dn"),
 )
 _INTS = ("t_first", "t_last", "bucket", "folded")
-_NEW_IN_V2 = ("slow", "w_slow", "pc_n", "pc_s", "pc_q", "last", "last_ok")
+_NEW_IN_V2 = ("slow", "w_slow", "pc_n", "pc_s", "pc_q")
+_NEW_IN_V3 = ("last", "last_ok", "step", "w_step", "p_d", "p_dn", "t_move")
 
 
 def _shape(key: str, k: int) -> tuple[int, ...]:
@@ -246,7 +256,7 @@ _NUMBER = frozenset((int, float))
 # Fields that can never be negative: weights, sums of squares, and the covariance's diagonal.
 _NONNEG = (
     *("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "tr_q", "pc_q"),
-    *("last_ok", "pg_n", "t_move"),
+    *("last_ok", "pg_n", "t_move", "step", "w_step", "p_d", "p_dn"),
 )
 
 
@@ -257,12 +267,13 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
     Cached: every request loads every device's state, and most devices share a metric count.
     """
     n_packed = k if k > MAX_FULL_COV else k * (k + 1) // 2
-    fields = [(key, k) for key in _VECTORS if version != 1 or key not in _NEW_IN_V2]
+    absent = (*(_NEW_IN_V2 if version == 1 else ()), *(_NEW_IN_V3 if version < 3 else ()))
+    fields = [(key, k) for key in _VECTORS if key not in absent]
     fields += [(key, n_packed) for key in _MATRICES]
     if version != 1:
         fields += [(key, TREND_SCALES * k) for key in _TRENDS]
         fields += [(key, TREND_SCALES) for key in _GLOBAL]
-        fields += [(key, -1) for key in _SCALARS]
+        fields += [(key, -1) for key in _SCALARS if key not in absent]
     masks = []
     for key, n in fields:
         if key in _NONNEG:
@@ -277,7 +288,7 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
 
 def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
     """Version, metric names and integers of a stored state, or None if any is wrong."""
-    if not isinstance(raw, Mapping) or raw.get("v") not in (1, STATE_VERSION):
+    if not isinstance(raw, Mapping) or raw.get("v") not in (1, 2, STATE_VERSION):
         return None
     names = raw.get("metrics")
     if (
@@ -368,15 +379,19 @@ def load_states(raws: Sequence[object]) -> list[DeviceState | None]:
                 arrays[key] = _unpack(part, k)
             else:
                 arrays[key] = part
+        # An older state keeps what it learned; what it lacks starts empty (version 1: the
+        # trend, whose reference starts at the mean; version 2: the step scale, the last
+        # reading and the latest move).
+        for key in _ARRAYS:
+            if key not in arrays:
+                arrays[key] = np.zeros((d, *_shape(key, k)))
         if version == 1:
-            # A version-1 state has the baseline but no trend yet: keep what it learned.
-            for key in _TRENDS:
-                arrays[key] = np.zeros((d, TREND_SCALES, k))
-            for key in _GLOBAL:
-                arrays[key] = np.zeros((d, TREND_SCALES))
-            for key in _NEW_IN_V2:
-                arrays[key] = np.zeros((d, k))
             arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
+        # A move is a reading's time: never after the latest reading.
+        ok = [
+            good and t_move <= m[2]["t_last"]
+            for good, t_move, m in zip(ok, scalars["t_move"], members, strict=True)
+        ]
         rows = zip(
             *(list(arrays[key]) for key in _ARRAYS), *(scalars[key] for key in _SCALARS),
             strict=True,

@@ -202,7 +202,7 @@ def test_dump_state_is_small_versioned_json() -> None:
     names, t, x = device_arrays(fleet, chunk, 0)
     state, _ = score_device(None, names, t, x)
     raw = dump_state(state)
-    assert raw["v"] == 2
+    assert raw["v"] == 3
     assert raw["metrics"] == names
     text = json.dumps(raw, allow_nan=False)
     assert len(text) < 16_000
@@ -218,7 +218,7 @@ def test_dump_state_is_small_versioned_json() -> None:
         "state",
         [],
         {},
-        {"v": 3},
+        {"v": 4},
         {"v": 2},
         {"v": 1, "metrics": "a"},
         {"v": 1, "metrics": ["a", "a"]},
@@ -263,6 +263,48 @@ def test_load_state_keeps_a_version_1_baseline_and_starts_its_trend() -> None:
     assert not old.tr_w.any()
     _, scores = score_device(old, names, t[-1:] + 10_000, x[-1:])
     assert scores.score.shape == (1,)
+
+
+def test_load_state_keeps_a_version_2_baseline_and_starts_its_step_scale() -> None:
+    fleet, chunk = simulate(1, 1.0, seed=6)
+    names, t, x = device_arrays(fleet, chunk, 0)
+    state, _ = score_device(None, names, t, x)
+    v2 = {
+        key: value
+        for key, value in dump_state(state).items()
+        if key not in ("last", "last_ok", "step", "w_step", "p_d", "p_dn", "t_move")
+    }
+    v2["v"] = 2
+    old = load_state(v2)
+    assert old is not None
+    assert np.array_equal(old.cov, state.cov)
+    assert np.array_equal(old.tr_s, state.tr_s)
+    assert not old.w_step.any()
+    assert old.t_move == 0.0
+
+
+def test_load_state_rejects_a_move_after_the_latest_reading() -> None:
+    raw = dump_state(DeviceState.fresh(["a", "b", "c"], 1_000, 0))
+    assert load_state({**raw, "t_move": 1_000.0}) is not None
+    assert load_state({**raw, "t_move": 1_001.0}) is None
+
+
+def test_score_device_a_steadily_running_machine_is_never_in_a_transient() -> None:
+    # Sensor noise is all that changes from one reading to the next: no move, so every
+    # reading is scored with the tight relations and feeds the trend.
+    rng = np.random.default_rng(4)
+    n = 15 * 360
+    t = np.arange(n, dtype=np.int64) * 10_000
+    load = 1.0 + 0.01 * rng.normal(size=n)
+    x = np.stack([100.0 * load, 40.0 * load, 7.0 * load, 55.0 + 0 * load], axis=1)
+    x += rng.normal(size=x.shape) * np.array([0.5, 0.2, 0.05, 0.3])
+    state, scores = score_device(None, ["rpm", "amps", "flow", "temp"], t, x)
+    assert state.t_move == 0.0
+    assert scores.ready[-1]
+    assert scores.is_anomaly.mean() < 0.002
+    jump = x[-1] * np.array([0.5, 0.5, 0.5, 1.0])  # the machine slows to half speed at once
+    moved, _ = score_device(state, ["rpm", "amps", "flow", "temp"], t[-1:] + 10_000, jump[None])
+    assert moved.t_move == float(t[-1] + 10_000)
 
 
 def test_score_device_many_metrics_keep_variances_only_and_a_small_state() -> None:

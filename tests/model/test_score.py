@@ -62,7 +62,7 @@ def test_run_answers_one_prediction_per_reading_in_order() -> None:
             assert p["maintenance_due"] is None
             assert 0.0 <= p["anomaly_score"] <= 1.0
             assert p["is_anomaly"] is (p["anomaly_score"] >= 0.9)
-        assert device["state"]["v"] == 2
+        assert device["state"]["v"] == 3
 
 
 def test_run_response_passes_the_pipeline_validator() -> None:
@@ -136,7 +136,7 @@ def test_run_starts_fresh_on_a_foreign_state_and_answers_an_empty_device() -> No
     }
     out = run(json.dumps(body))
     assert out["devices"][0]["predictions"] == []
-    assert out["devices"][0]["state"]["v"] == 2
+    assert out["devices"][0]["state"]["v"] == 3
     assert out["devices"][1]["state"]["metrics"] == ["t"]
 
 
