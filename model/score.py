@@ -47,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONTRACT = 1
-MODEL_VERSION = "fleetscore-anomaly-0.1.0"
+MODEL_VERSION = "fleetscore-anomaly-0.2.0"
 _config = DetectorConfig()
 _failure = FailureModel()  # empty until init(): every failure field null
 
