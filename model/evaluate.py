@@ -307,6 +307,13 @@ def _fmt(v: float, spec: str = ".3f") -> str:
     return "–" if v is None or np.isnan(v) else format(v, spec)
 
 
+def _pct(share: float) -> str:
+    """A share as a percentage; two significant digits when small, so 0.002% is not 0.00%."""
+    if np.isnan(share):
+        return "–"
+    return f"{100 * share:.2f}%" if 100 * share >= 0.1 or share == 0 else f"{100 * share:.2g}%"
+
+
 def _pick_device(run: FleetRun) -> int:
     """The device whose picture shows the most: distinct anomaly kinds, then a failure."""
     ch, valid = run.chunk, run.valid()
@@ -504,14 +511,14 @@ def _detection_lines(res: Results, test: FleetRun) -> list[str]:
             f"| {m} | {res.thresholds[m]:.4g} | {_fmt(s.precision)} | {_fmt(s.recall)} | "
             f"{_fmt(s.f1)} | {_fmt(s.false_alarms_per_device_day, '.2f')} | "
             f"{_fmt(s.median_delay_s / 60.0, '.1f')} min | {c.alarms} | "
-            f"{c.caught} / {c.windows} | {_fmt(100 * s.normal_flagged_share, '.2f')}% |"
+            f"{c.caught} / {c.windows} | {_pct(s.normal_flagged_share)} |"
         )
     lines += [
         "",
         "On the validation fleet, at the chosen thresholds: "
         + ", ".join(
             f"{m} F1 {res.validation[m].f1:.3f} flagging "
-            f"{100 * res.validation[m].normal_flagged_share:.2f}% of normal readings"
+            f"{_pct(res.validation[m].normal_flagged_share)} of normal readings"
             for m in (ZSCORE, HST)
         )
         + ".",
@@ -553,7 +560,7 @@ def _budget_lines(res: Results, chosen: float) -> list[str]:
         f"on the held-out fleet (the tables above use {100 * chosen:g}%; 100% is no budget). "
         f"Ours, fixed at 0.9, for reference: F1 {_fmt(ours.f1)}, "
         f"{_fmt(ours.false_alarms_per_device_day, '.2f')} false alarms / device-day, "
-        f"{_fmt(100 * ours.normal_flagged_share, '.2f')}% of normal readings flagged.",
+        f"{_pct(ours.normal_flagged_share)} of normal readings flagged.",
         "",
         "| budget | method | threshold | validation F1 | held-out precision | recall | F1 | "
         "false alarms / device-day | normal readings flagged |",
@@ -563,7 +570,7 @@ def _budget_lines(res: Results, chosen: float) -> list[str]:
         lines.append(
             f"| {100 * budget:g}% | {m} | {thr:.4g} | {_fmt(val.f1)} | {_fmt(s.precision)} | "
             f"{_fmt(s.recall)} | {_fmt(s.f1)} | {_fmt(s.false_alarms_per_device_day, '.2f')} | "
-            f"{_fmt(100 * s.normal_flagged_share, '.2f')}% |"
+            f"{_pct(s.normal_flagged_share)} |"
         )
     return lines
 
@@ -613,7 +620,7 @@ def _verdict(s: dict[str, EventSummary]) -> str:
         f1_word = "higher" if df1 > 0 else "lower" if df1 < 0 else "equal"
         fa_word = "fewer" if dfa < 0 else "more" if dfa > 0 else "as many"
         base_fa = s[b].false_alarms_per_device_day
-        ratio = f", {ours.false_alarms_per_device_day / base_fa:.2f}×" if base_fa > 0 else ""
+        ratio = f", {ours.false_alarms_per_device_day / base_fa:.2g}×" if base_fa > 0 else ""
         out.append(
             f"Against the {b}: our F1 is {f1_word} ({ours.f1:.3f} vs {s[b].f1:.3f}, "
             f"{df1:+.3f}) with {fa_word} false alarms per device-day "
