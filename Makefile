@@ -77,10 +77,14 @@ bench: $(STAMP) ## Benchmarks that print their figures
 	@echo "==> model scoring: numpy core and HTTP through azmlinfsrv"
 	@$(PY) bench/model_scoring.py
 
-demo: ## The whole pipeline on this machine (arrives with issue 6)
-	@echo "make demo is not built yet: it arrives with the local stack (issue 6)."
-	@echo "Today: 'make test' runs the function app's tests against Azurite."
-	@exit 2
+# make demo [DURATION=120] [DEVICES=20] [SCORE_HOSTS=2]: empty DURATION runs until Ctrl-C.
+DURATION ?=
+DEVICES ?= 20
+SCORE_HOSTS ?= 2
+
+demo: setup ## The whole pipeline on this machine (DURATION=120 ends with a summary)
+	@echo "==> make demo: Azurite, Event Hubs emulator, azmlinfsrv, dashboard, 1 HTTP host, $(SCORE_HOSTS) score hosts; $(DEVICES) simulated devices$(if $(DURATION), for $(DURATION) s, until Ctrl-C)"
+	@$(PY) -m local.demo --devices $(DEVICES) --score-hosts $(SCORE_HOSTS) $(if $(DURATION),--duration $(DURATION))
 
 clean: ## Remove caches (keeps .venv and node_modules)
 	@rm -rf .pytest_cache .ruff_cache __azurite_db_* __blobstorage__ __queuestorage__

@@ -1,0 +1,244 @@
+"""Child processes of the demo: started in their own process groups, logged, health-checked.
+
+Each service writes to `<logs>/<name>.log`. A service is healthy when its `ready` probe says so;
+the wait has a deadline, and a failure names the service and shows the tail of its log, since
+that is where the reason is. `stop_all` stops the newest first (hosts before the emulators they
+talk to), each group with SIGTERM and, if it lingers, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "PortTakenError",
+    "ProcessGroup",
+    "Service",
+    "ServiceError",
+    "check_ports_free",
+    "free_port",
+    "http_answers",
+    "tcp_answers",
+]
+
+log = logging.getLogger(__name__)
+
+_TAIL_LINES = 30
+
+
+class ServiceError(RuntimeError):
+    """A service exited or was not healthy in time; the message carries its log's tail."""
+
+
+class PortTakenError(ServiceError):
+    """A port the demo wants is already in use."""
+
+
+@dataclass
+class Service:
+    """A command to run and how to tell that it is up."""
+
+    name: str
+    argv: Sequence[str]
+    ready: Callable[[], bool]
+    env: Mapping[str, str] = field(default_factory=dict)
+    unset: frozenset[str] = frozenset()  # inherited variables to drop (they would win)
+    cwd: Path | None = None
+    timeout: float = 60.0
+
+
+@dataclass
+class _Running:
+    service: Service
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, chosen by the OS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_ports_free(ports: Mapping[str, int]) -> None:
+    """Bind each port once on 127.0.0.1, so a taken one is reported before anything starts.
+
+    Raises:
+        PortTakenError: naming every taken port and what it was meant for.
+    """
+    taken = []
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"port {port} ({what})")
+    if taken:
+        raise PortTakenError(
+            f"already in use on 127.0.0.1: {', '.join(taken)}; stop what holds it or choose "
+            "another port (python -m local.demo --help lists the port options)"
+        )
+
+
+def tcp_answers(port: int) -> Callable[[], bool]:
+    """A probe: True once something accepts connections on 127.0.0.1:`port`."""
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return probe
+
+
+def http_answers(
+    port: int, path: str = "/", *, ok: Callable[[int], bool] | None = None
+) -> Callable[[], bool]:
+    """A probe: True once GET `path` answers with a status `ok` accepts (any status if None)."""
+
+    def probe() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        try:
+            conn.request("GET", path)
+            status = conn.getresponse().status
+        except OSError:
+            return False
+        finally:
+            conn.close()
+        return ok is None or ok(status)
+
+    return probe
+
+
+def tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ('' if it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ProcessGroup:
+    """The processes the demo started, and only those; stopped together."""
+
+    def __init__(self, logs: Path) -> None:
+        """Logs go to `logs/<name>.log` (the folder is created)."""
+        self.logs = logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._running: list[_Running] = []
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the services started so far, in order."""
+        return [r.service.name for r in self._running]
+
+    def log_path(self, name: str) -> Path:
+        """Where service `name` logs."""
+        return self.logs / f"{name}.log"
+
+    def start(self, services: Sequence[Service]) -> None:
+        """Start `services` at once, then wait until each is healthy.
+
+        Raises:
+            ServiceError: naming the first one that exited or missed its deadline.
+        """
+        started = []
+        for service in services:
+            path = self.log_path(service.name)
+            with path.open("wb") as out:
+                proc = subprocess.Popen(
+                    list(service.argv),
+                    cwd=service.cwd,
+                    env={
+                        **{k: v for k, v in os.environ.items() if k not in service.unset},
+                        "PYTHONUNBUFFERED": "1",
+                        **service.env,
+                    },
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopped as one
+                )
+            running = _Running(service, proc, path)
+            self._running.append(running)
+            started.append(running)
+            log.info("started %s (pid %d), log %s", service.name, proc.pid, path)
+        for running in started:
+            self._wait_healthy(running)
+
+    def _wait_healthy(self, running: _Running) -> None:
+        service, proc = running.service, running.proc
+        deadline = time.monotonic() + service.timeout
+        while True:
+            if proc.poll() is not None:
+                raise ServiceError(
+                    f"{service.name} exited with code {proc.returncode} while starting; "
+                    f"last lines of {running.log_path}:\n{tail(running.log_path)}"
+                )
+            if service.ready():
+                log.info("%s is up", service.name)
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"{service.name} was not healthy within {service.timeout:g}s; "
+                    f"last lines of {running.log_path}:\n{tail(running.log_path)}"
+                )
+            time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        """Raise ServiceError naming a service that has exited since it started."""
+        for running in self._running:
+            if running.proc.poll() is not None:
+                raise ServiceError(
+                    f"{running.service.name} exited with code {running.proc.returncode}; "
+                    f"last lines of {running.log_path}:\n{tail(running.log_path)}"
+                )
+
+    def stop(self, names: Sequence[str], *, grace: float = 20.0) -> list[str]:
+        """SIGTERM the named services together, wait up to `grace` s, SIGKILL what is left.
+
+        Returns:
+            The names of those that were still running (in start order).
+        """
+        chosen = [r for r in self._running if r.service.name in names]
+        alive = [r.service.name for r in chosen if r.proc.poll() is None]
+        for running in chosen:
+            _signal(running.proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for running in chosen:
+            try:
+                running.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", running.service.name, grace)
+                _signal(running.proc, signal.SIGKILL)
+                running.proc.wait(timeout=10)
+        self._running = [r for r in self._running if r not in chosen]
+        return alive
+
+    def stop_all(self, *, grace: float = 20.0) -> list[str]:
+        """Stop every service, newest first; return their names."""
+        stopped: list[str] = []
+        for running in reversed(list(self._running)):
+            stopped += self.stop([running.service.name], grace=grace)
+        return stopped
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)

@@ -1,0 +1,131 @@
+"""The demo's parts that need no stack: ports, failing services, the summary, the CLIs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+
+from fleetscore.__main__ import main as fleetscore_main
+from local.demo.__main__ import main as demo_main
+from local.demo.processes import (
+    PortTakenError,
+    ProcessGroup,
+    Service,
+    ServiceError,
+    check_ports_free,
+    free_port,
+)
+from local.demo.summary import PredictionRow, summarize
+
+
+def test_check_ports_free_names_a_taken_port_and_what_it_was_for():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        with pytest.raises(PortTakenError) as caught:
+            check_ports_free({"dashboard": free_port(), "http": taken})
+    assert f"port {taken} (http)" in str(caught.value)
+    assert "dashboard" not in str(caught.value)
+
+
+def test_a_service_that_exits_is_named_with_the_tail_of_its_log(tmp_path):
+    group = ProcessGroup(tmp_path / "logs")
+    script = "import sys; print('line one'); print('cannot bind 127.0.0.1:1'); sys.exit(3)"
+    broken = Service("broken", [sys.executable, "-c", script], ready=lambda: False, timeout=10)
+    with pytest.raises(ServiceError) as caught:
+        group.start([broken])
+    message = str(caught.value)
+    assert message.startswith("broken exited with code 3")
+    assert "cannot bind 127.0.0.1:1" in message
+    assert group.stop_all() == []  # it has exited; nothing left to stop
+
+
+def test_a_service_that_never_gets_healthy_is_stopped_after_its_deadline(tmp_path):
+    group = ProcessGroup(tmp_path / "logs")
+    script = "import time; print('waiting', flush=True); time.sleep(60)"
+    slow = Service("slow", [sys.executable, "-c", script], ready=lambda: False, timeout=0.5)
+    with pytest.raises(ServiceError, match=r"(?s)slow was not healthy within 0.5s.*waiting"):
+        group.start([slow])
+    assert group.stop_all(grace=5) == ["slow"]
+
+
+def row(device: str, key: str, ts: str, written: float, anomaly: bool = False) -> PredictionRow:
+    return PredictionRow(device, key, ts, written, anomaly)
+
+
+def test_summarize_counts_stored_duplicates_anomalies_and_latency():
+    accepted = {
+        ("pump-0000", "20261127T070000.000Z"): 100.0,
+        ("pump-0000", "20261127T070030.000Z"): 100.0,
+        ("fan-0001", "20261127T070000.000Z"): 101.0,
+    }
+    rows = [
+        row("pump-0000", "20261127T070000.000Z", "2026-11-27T07:00:00.000Z", 101.0, True),
+        row("pump-0000", "20261127T070030.000Z", "2026-11-27T07:00:30.000Z", 103.0),
+        # the same reading under a second key, and a row for no accepted reading
+        row("pump-0000", "20261127T070030.000Z", "2026-11-27T07:00:30.000+00:00", 103.0),
+        row("fan-0001", "20261127T080000.000Z", "2026-11-27T08:00:00.000Z", 104.0),
+    ]
+    summary = summarize(sent=4, accepted_at=accepted, rows=rows, scored=5)
+    assert (summary.sent, summary.accepted, summary.stored, summary.duplicates) == (4, 3, 2, 2)
+    assert summary.anomalies == 1
+    assert (summary.latency_p50_s, summary.latency_p99_s) == (1.0, 3.0)
+    assert not summary.ok
+    line = summary.line()
+    assert line.startswith("SUMMARY {")
+    assert json.loads(line.removeprefix("SUMMARY ")) == {
+        "sent": 4,
+        "accepted": 3,
+        "stored": 2,
+        "duplicates": 2,
+        "anomalies": 1,
+        "latency_p50_s": 1.0,
+        "latency_p99_s": 3.0,
+    }
+
+
+def test_demo_help_names_its_options(capsys):
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--duration", "--devices", "--score-hosts", "--http-port", "--dashboard-port"):
+        assert flag in out
+    assert "SUMMARY" in out
+
+
+def test_demo_refuses_a_taken_port_before_starting_anything(capsys, tmp_path, monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        ports = [f"--{n}-port" for n in ("dashboard", "aml", "eventhubs")]
+        ports += [f"--azurite-{n}-port" for n in ("blob", "queue", "table")]
+        argv = ["--http-port", str(taken), "--workdir", str(tmp_path)]
+        argv += [a for p in ports for a in (p, "0")]
+        assert demo_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"port {taken} (http)" in err
+
+
+def test_fleetscore_help_shows_the_query_commands(capsys):
+    with pytest.raises(SystemExit):
+        fleetscore_main(["query", "--help"])
+    out = capsys.readouterr().out
+    assert "devices" in out
+    assert "anomalies" in out
+    assert "python -m fleetscore query devices pump-0000" in out
+
+
+def test_fleetscore_query_without_a_key_or_settings_says_how_to_get_one(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("FLEETSCORE_KEY", raising=False)
+    monkeypatch.delenv("FLEETSCORE_API_URL", raising=False)
+    argv = ["query", "--settings", str(tmp_path / "none.json"), "anomalies", "--date", "2026-11-27"]
+    assert fleetscore_main(argv) == 1
+    assert "FLEETSCORE_KEY" in capsys.readouterr().err
