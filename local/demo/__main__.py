@@ -143,12 +143,22 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (
+        args.devices < 1
+        or args.score_hosts < 1
+        or (args.duration is not None and args.duration <= 0)
+    ):
+        parser.error("--devices and --score-hosts must be at least 1, --duration above 0")
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
     ports = Ports(**{f.name: getattr(args, f"port_{f.name}") or free_port() for f in fields(Ports)})
     config = DemoConfig(ports=ports, score_hosts=args.score_hosts, workdir=args.workdir)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C must stop the stack even when started from a shell that ignores SIGINT (a
+    # background job), which Python would otherwise inherit.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack(config)
     code = 0
     summary = None
@@ -196,16 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.close()
         if not drained:
             print("the pipeline did not drain in time; the summary shows what was stored")
-        stopped += (
-            stack.stop_score_hosts()
-        )  # their Power BI sinks push the last window on the way out
+        # Stopped cleanly, the score hosts' Power BI sinks push their last window on the way out.
+        stopped += stack.stop_score_hosts()
         summary = summarize(
             sent=sent.sent,
             accepted_at=sent.accepted_at,
             rows=rows,
             scored=count_scored(stack.dashboard_db),
         )
-        code = 0 if summary.ok else 1
+        code = 0 if summary.ok and sent.exit_code == 0 else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the stack", flush=True)
         code = 130
@@ -213,11 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         code = 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand children
+        # A second Ctrl-C or SIGTERM must not interrupt the stopping and strand children.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped += stack.stop()
         if stopped:
             print(f"stopped {len(stopped)} processes it started: {', '.join(stopped)}", flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous)
     if summary is not None:
         print("==> summary")

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -25,6 +29,7 @@ from fleetscore.query import QueryClient
 from local.demo import DemoConfig, FleetRun, Ports, PredictionsTable, SendResult, Stack
 from local.demo.processes import free_port
 from local.demo.summary import summarize, wait_drained
+from tests.support.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +162,44 @@ def test_every_accepted_reading_is_stored_once_queryable_and_both_score_hosts_wo
 
 def _hours_from_now(hours: float) -> str:
     return (datetime.now(UTC) + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.stack
+@pytest.mark.azurite
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
+    ports = [f"--{f.name.replace('_', '-')}-port" for f in fields(Ports)]
+    argv = [sys.executable, "-m", "local.demo", "--workdir", str(tmp_path), "--devices", "2"]
+    argv += [a for p in ports for a in (p, "0")]
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any("==> sending" in x for x in lines), timeout=60), lines
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            for pid in re.findall(r"started \S+ \(pid (\d+)\)", "".join(lines)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)  # each child leads its own group
+    reader.join(timeout=10)
+    proc.stdout.close()
+    out = "".join(lines)
+    assert "interrupted: stopping the stack" in out
+    assert "stopped 7 processes it started: " in out
+    pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", out)]
+    assert len(pids) == 7
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "SUMMARY" not in out
