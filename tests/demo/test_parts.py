@@ -129,3 +129,58 @@ def test_fleetscore_query_without_a_key_or_settings_says_how_to_get_one(
     argv = ["query", "--settings", str(tmp_path / "none.json"), "anomalies", "--date", "2026-11-27"]
     assert fleetscore_main(argv) == 1
     assert "FLEETSCORE_KEY" in capsys.readouterr().err
+
+
+class FakeResponse:
+    def __init__(self, status: int, body: dict):
+        self.status_code, self._body, self.text = status, body, json.dumps(body)
+
+    def json(self) -> dict:
+        return self._body
+
+
+class FakeSession:
+    """Answers like the query function: pages of 2 with a continuation token."""
+
+    def __init__(self, items: list[dict], status: int = 200):
+        self.items, self.status, self.calls = items, status, []
+
+    def get(self, url, *, params, headers, timeout):
+        self.calls.append((url, dict(params), headers))
+        if self.status != 200:
+            return FakeResponse(self.status, {"error": "validation", "details": []})
+        start = int(params.get("continuation", "0"))
+        size = min(2, int(params["limit"]))
+        page = self.items[start : start + size]
+        more = start + size < len(self.items)
+        return FakeResponse(
+            200, {"items": page, "continuation": str(start + size) if more else None}
+        )
+
+    def close(self):
+        pass
+
+
+def test_query_client_follows_continuations_up_to_the_limit_with_the_key():
+    from fleetscore.query import QueryClient
+
+    items = [{"timestamp": f"2026-11-27T07:00:0{i}.000Z"} for i in range(5)]
+    session = FakeSession(items)
+    client = QueryClient("http://127.0.0.1:1/api/", "k3y", session=session)
+    assert client.list_predictions("pump 1", start="2026-11-27T07:00:00Z", limit=3) == items[:3]
+    assert [c[0] for c in session.calls] == [
+        "http://127.0.0.1:1/api/devices/pump%201/predictions"
+    ] * 2
+    assert session.calls[0][1] == {"order": "asc", "from": "2026-11-27T07:00:00Z", "limit": "3"}
+    assert session.calls[1][1]["continuation"] == "2"
+    assert session.calls[1][1]["limit"] == "1"
+    assert all(c[2] == {"x-functions-key": "k3y"} for c in session.calls)
+    assert client.list_anomalies("2026-11-27", limit=100) == items
+
+
+def test_query_client_reports_a_refusal_with_the_service_answer():
+    from fleetscore.query import QueryClient, QueryError
+
+    client = QueryClient("http://127.0.0.1:1/api", "k", session=FakeSession([], status=400))
+    with pytest.raises(QueryError, match=r"HTTP 400: .*validation"):
+        client.list_anomalies("yesterday")
