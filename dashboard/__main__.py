@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from .history import History
 from .limits import Limits
 from .server import DashboardServer
 from .store import RowStore
@@ -58,12 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fifo-rows", type=int, default=200_000, help="rows kept per basicFIFO table"
     )
+    parser.add_argument(
+        "--query-url",
+        default=os.environ.get("DASHBOARD_QUERY_URL") or None,
+        help="the function app's root, e.g. http://127.0.0.1:7071/api: turns on the device's "
+        "metrics chart (/history) through the query function ($DASHBOARD_QUERY_URL)",
+    )
+    parser.add_argument(
+        "--query-key",
+        default=os.environ.get("DASHBOARD_QUERY_KEY") or None,
+        help="the query function's key (prefer $DASHBOARD_QUERY_KEY: argv is visible in ps)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.query_url and not args.query_key:
+        parser.error("--query-url needs --query-key or $DASHBOARD_QUERY_KEY")
+    history = History(args.query_url, args.query_key) if args.query_url else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = RowStore(args.db, fifo_rows=args.fifo_rows)
     try:
@@ -76,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset_name=args.dataset,
             workspace=args.workspace,
             interval_seconds=args.interval,
+            history=history,
         )
     except OSError as exc:
         store.close()
@@ -91,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     server.start()
     log.info(
-        "dashboard serving %s/ (dataset %r id %s, db %s)",
+        "dashboard serving %s/ (dataset %r id %s, db %s, history from %s)",
         server.url,
         server.dataset.name,
         server.dataset.id,
         args.db,
+        args.query_url or "nowhere: no --query-url",
     )
     try:
         server.wait_closed()

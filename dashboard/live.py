@@ -5,8 +5,9 @@ into the figures of the page and answers a JSON-ready snapshot. `Hub` counts cha
 the server-sent-event streams waiting for one.
 
 The push rows carry per-window summaries (anomaly scores, failure probability, readings
-counted), not raw sensor metrics, so the device chart plots those; raw metrics stay in Table
-Storage, as they would with the real Power BI.
+counted), not raw sensor metrics, so the window chart plots those; raw metrics stay in Table
+Storage, as they would with the real Power BI, and the page's readings chart fetches them
+through the query function (`dashboard.history`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ class FleetView:
                 "fleet": [{**row, "at_risk": at_risk(row)} for row in fleet[:_FLEET_SHOWN]],
                 "anomalies": list(self._feed),
             }
+
+    def newest_reading(self, device: str) -> str | None:
+        """The `last_timestamp` of the device's latest window: where its history ends, roughly."""
+        with self._lock:
+            value = self._latest.get(device, {}).get("last_timestamp")
+        return value if isinstance(value, str) else None
 
     def _add_aggregate(self, row: dict[str, Any]) -> None:
         device, window = row.get("device_id"), row.get("window_start")

@@ -7,6 +7,8 @@ Routes:
   * `/events?device=ID`: server-sent events, one `snapshot` event on connect, then one per
     change (and every `heartbeat` seconds, so time-based KPIs age without new rows).
   * `/api/snapshot?device=ID`: the same snapshot once, as JSON.
+  * `/history?device=ID&minutes=N`: the device's recent readings (metrics, anomaly score)
+    through the query function (`dashboard.history`); 404 when no query URL was given.
   * `/healthz`: 200 `{"status": "ok"}` once serving.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .history import History, HistoryError, parse_params
 from .limits import Limits
 from .live import AGGREGATES, ANOMALIES, FleetView, Hub, series
 from .pushapi import FLEET_TABLES, PushApi
@@ -55,6 +58,7 @@ class DashboardServer:
         store: rows and datasets.
         key: the bearer token and push-URL key the API accepts.
         interval_seconds: the sink's aggregation interval (readings/s on the page).
+        history: the query function's client for `/history`; None turns the route off.
         heartbeat: seconds between snapshots on an idle event stream.
     """
 
@@ -71,8 +75,10 @@ class DashboardServer:
         interval_seconds: float = 60.0,
         heartbeat: float = 5.0,
         wall: Callable[[], float] = time.time,
+        history: History | None = None,
     ) -> None:
         self.store, self.hub, self.heartbeat, self._wall = store, Hub(), heartbeat, wall
+        self.history = history
         self.view = FleetView(interval_seconds=interval_seconds)
         self.api = PushApi(store, token=key, push_key=key, limits=limits, on_rows=self._arrived)
         self.dataset = self.api.ensure_dataset(dataset_name, FLEET_TABLES, workspace=workspace)
@@ -122,6 +128,22 @@ class DashboardServer:
         rows = self.store.device_rows(AGGREGATES, device, limit=_SERIES_POINTS) if device else []
         return {**snap, "device": device or None, "series": series(rows)}
 
+    def device_history(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """`/history`'s status and JSON body: readings, or an error naming the bad field."""
+        try:
+            if self.history is None:
+                raise HistoryError(
+                    404,
+                    "NotConfigured",
+                    "no query function: start the dashboard with --query-url and "
+                    "DASHBOARD_QUERY_KEY (make demo does)",
+                )
+            device, minutes = parse_params(query)
+            hint = self.view.newest_reading(device)
+            return 200, self.history.fetch(device, minutes, newest_hint=hint)
+        except HistoryError as exc:
+            return exc.status, exc.body()
+
     def _arrived(self, dataset: Dataset, table: str, rows: Sequence[StoredRow]) -> None:
         self.view.add(table, rows)
         self.hub.notify()
@@ -151,6 +173,9 @@ def _handler_for(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
             elif parts.path == "/api/snapshot":
                 body = json.dumps(app.snapshot(query.get("device"))).encode()
                 self._send(200, {"Content-Type": "application/json"}, body)
+            elif parts.path == "/history":
+                status, doc = app.device_history(query)
+                self._send(status, {"Content-Type": "application/json"}, json.dumps(doc).encode())
             elif parts.path in _FILES:
                 self._file(*_FILES[parts.path])
             else:

@@ -262,9 +262,13 @@ class Stack:
                     *(py, "-m", "dashboard", "--port", str(p.dashboard)),
                     *("--db", str(self.dashboard_db)),
                     *("--interval", f"{c.powerbi_interval_seconds:g}"),
+                    *("--query-url", self.api_url),  # the metrics chart reads stored predictions
                 ],
                 ready=http_answers(p.dashboard, "/healthz", ok=lambda s: s == 200),
-                env={"DASHBOARD_KEY": self._dashboard_key},
+                env={
+                    "DASHBOARD_KEY": self._dashboard_key,
+                    "DASHBOARD_QUERY_KEY": self.function_key,  # in the environment, not in ps
+                },
                 cwd=ROOT,
             ),
         ]

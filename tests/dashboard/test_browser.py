@@ -88,6 +88,9 @@ def test_page_shows_pushed_rows_live_without_reload(dashboard, tmp_path):
                 ["2026-11-27 07:00:00 pump-0002 · score 0.90 · vibration_mm_s"]
             )
             expect(page.locator("#chart .uplot")).to_have_count(1)
+            expect(page.locator("#metrics-chart")).to_contain_text(  # no --query-url here
+                "--query-url", timeout=10_000
+            )
             assert page.evaluate("window.loadedOnce") is True
             assert errors == []
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

@@ -24,15 +24,32 @@ def test_cli_help_lists_the_options():
         text=True,
         check=True,
     ).stdout
-    for option in ("--port", "--db", "--key", "--interval"):
+    for option in ("--port", "--db", "--key", "--interval", "--query-url", "--query-key"):
         assert option in out
+
+
+def test_cli_refuses_a_query_url_without_a_key():
+    env = {k: v for k, v in os.environ.items() if k != "DASHBOARD_QUERY_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dashboard", "--db", ":memory:", "--query-url", "http://x/api"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert "--query-url needs --query-key or $DASHBOARD_QUERY_KEY" in done.stderr
 
 
 def test_cli_logs_its_url_serves_healthz_and_stops_on_sigterm(tmp_path):
     db = tmp_path / "cli.sqlite3"
-    env = {**os.environ, "DASHBOARD_KEY": "from-env"}
+    env = {**os.environ, "DASHBOARD_KEY": "from-env", "DASHBOARD_QUERY_KEY": "query-from-env"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard", "--port", "0", "--db", str(db)],
+        [
+            *(sys.executable, "-m", "dashboard", "--port", "0", "--db", str(db)),
+            *("--query-url", "http://127.0.0.1:9/api"),
+        ],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
@@ -56,7 +73,8 @@ def test_cli_logs_its_url_serves_healthz_and_stops_on_sigterm(tmp_path):
         proc.stderr.close()
     assert db.exists()
     assert "dashboard stopped" in "".join(lines)
-    assert "from-env" not in "".join(lines)
+    assert "from-env" not in "".join(lines)  # neither key is logged
+    assert "history from http://127.0.0.1:9/api" in "".join(lines)
 
 
 def test_cli_says_when_the_port_is_taken(tmp_path):

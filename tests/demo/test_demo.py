@@ -99,6 +99,16 @@ def test_dashboard_tiles_change_while_the_fleet_streams(run):
             assert float(second.replace(",", "")) > 0
             expect(page.locator("#fleet tbody tr")).to_have_count(DEVICES, timeout=20_000)
             expect(readings).not_to_have_text(second, timeout=20_000)  # and it keeps moving
+            # The readings chart: the selected device's stored metrics, via the query function.
+            selected = page.locator("#device").input_value()
+            assert selected
+            metrics = page.locator(f'#metrics-chart[data-device="{selected}"]')
+            expect(metrics.locator(".uplot")).to_have_count(1, timeout=20_000)
+            expect(metrics).not_to_have_attribute("data-points", "0", timeout=20_000)
+            assert int(metrics.get_attribute("data-points")) > 0
+            legend = page.locator("#metrics-chart .u-legend .u-series")
+            assert legend.count() >= 3  # time, at least one metric, the anomaly score
+            expect(legend.last).to_contain_text("anomaly score")
             assert errors == []
             shot = os.environ.get("FLEETSCORE_SCREENSHOT")
             if shot:  # the picture for the README: after the whole run, with anomalies if any
