@@ -6,7 +6,8 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from tests.dashboard.conftest import KEY
+from dashboard.history import History
+from tests.dashboard.conftest import KEY, QUERY_KEY, WALL, prediction
 
 CHROMIUM = Path("/usr/bin/chromium")
 W1 = "2026-11-27T07:00:00.000Z"
@@ -94,5 +95,41 @@ def test_page_shows_pushed_rows_live_without_reload(dashboard, tmp_path):
             assert page.evaluate("window.loadedOnce") is True
             assert errors == []
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_readings_chart_follows_the_selected_device(make_dashboard, query_api):
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make setup` installs it"
+    query_api.rows["pump-0001"] = [prediction("pump-0001", m) for m in range(0, 60, 2)]
+    query_api.rows["pump-0002"] = [prediction("pump-0002", m) for m in range(0, 60, 5)]
+    server = make_dashboard(history=History(query_api.url, QUERY_KEY, wall=lambda: WALL))
+    post(server, "DeviceAggregates", [aggregate("pump-0001", 0.9), aggregate("pump-0002", 0.1)])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server.url}/")
+            box = page.locator("#metrics-chart")
+            expect(box).to_have_attribute("data-device", "pump-0001", timeout=10_000)
+            expect(box).to_have_attribute("data-points", "30")  # the 6 h span holds them all
+            expect(box.locator(".uplot")).to_have_count(1)
+            legend = box.locator(".u-legend .u-series")
+            # time, two metrics, the anomaly score; the legend gives the newest real values
+            expect(legend).to_have_count(4)
+            expect(legend.nth(1)).to_contain_text("temperature_c")
+            expect(legend.nth(1)).to_contain_text("60.000")
+            expect(legend.nth(3)).to_contain_text("anomaly score")
+
+            page.select_option("#device", "pump-0002")
+            expect(box).to_have_attribute("data-device", "pump-0002", timeout=10_000)
+            expect(box).to_have_attribute("data-points", "12")
+            expect(page.locator("#metrics-status")).to_contain_text("12 readings")
+            assert QUERY_KEY not in page.content()
+            assert all(key == QUERY_KEY for _, _, key in query_api.requests)
+            assert errors == []
         finally:
             browser.close()
