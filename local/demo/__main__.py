@@ -20,7 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 
-from .processes import ServiceError, free_port
+from .processes import ServiceError, free_ports
 from .stack import ROOT, DemoConfig, Ports, Stack
 from .summary import PredictionsTable, count_scored, summarize, wait_drained
 from .traffic import FleetRun, longest_duration
@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--devices and --score-hosts must be at least 1, --duration above 0")
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
-    ports = Ports(**{f.name: getattr(args, f"port_{f.name}") or free_port() for f in fields(Ports)})
+    spare = iter(free_ports(len(fields(Ports))))
+    ports = Ports(**{f.name: getattr(args, f"port_{f.name}") or next(spare) for f in fields(Ports)})
     config = DemoConfig(ports=ports, score_hosts=args.score_hosts, workdir=args.workdir)
     previous = signal.signal(signal.SIGTERM, _terminate)
     # Ctrl-C must stop the stack even when started from a shell that ignores SIGINT (a

@@ -8,6 +8,7 @@ talk to), each group with SIGTERM and, if it lingers, SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "ServiceError",
     "check_ports_free",
     "free_port",
+    "free_ports",
     "http_answers",
     "tcp_answers",
 ]
@@ -69,6 +71,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now.
+
+    All sockets stay bound until every port is picked: asked one at a time, the OS may hand
+    out the same port twice, and a stack of seven servers would then collide with itself.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)
+        ]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def check_ports_free(ports: Mapping[str, int]) -> None:

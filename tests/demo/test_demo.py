@@ -27,7 +27,7 @@ from playwright.sync_api import expect, sync_playwright
 from fleetscore.__main__ import main as fleetscore_main
 from fleetscore.query import QueryClient
 from local.demo import DemoConfig, FleetRun, Ports, PredictionsTable, SendResult, Stack
-from local.demo.processes import free_port
+from local.demo.processes import free_ports
 from local.demo.summary import summarize, wait_drained
 from tests.support.waiting import wait_until
 
@@ -53,7 +53,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Iterator[Run]:
-    ports = Ports(**{f.name: free_port() for f in fields(Ports)})
+    ports = Ports(*free_ports(len(fields(Ports))))
     config = DemoConfig(ports=ports, workdir=tmp_path_factory.mktemp("demo"), score_hosts=2)
     stack = Stack(config)
     thread = None
