@@ -101,6 +101,9 @@ def plan_start(now: datetime, *, speed: float, duration_s: float) -> datetime:
     return now - lookback
 
 
+_LOG_EVERY_S = 10.0  # seconds between progress lines when the output is not a terminal
+
+
 def format_progress(simulated: datetime, stats: ClientStats) -> str:
     """One progress line: simulated time, rate, counters and request latency."""
     return (
@@ -195,7 +198,8 @@ def run(
         client.flush()
     stats = client.stats()
     if progress is not None:
-        progress.write("\r" + format_progress(fleet.now, stats).ljust(120) + "\n")
+        final = format_progress(fleet.now, stats)
+        progress.write(("\r" + final.ljust(120) if _isatty(progress) else final) + "\n")
         progress.write(format_summary(stats, steps=steps) + "\n")
         progress.flush()
     if interrupted:
@@ -213,11 +217,25 @@ def _show(
     last: float,
     every: float,
 ) -> float:
-    """Rewrite the progress line when `every` seconds have passed; return when it was shown."""
+    """Rewrite the progress line when `every` seconds have passed; return when it was shown.
+
+    On a terminal the line is rewritten in place; into a file or pipe (a log, CI) a plain line
+    goes out every ``_LOG_EVERY_S`` seconds instead, so the log stays readable line by line.
+    """
     now = clock()
-    if stream is None or now - last < every:
+    if stream is None:
+        return last
+    tty = _isatty(stream)
+    if now - last < (every if tty else max(every, _LOG_EVERY_S)):
         return last
     line = format_progress(fleet.now, client.stats())
-    stream.write("\r" + line.ljust(120))
+    stream.write("\r" + line.ljust(120) if tty else line + "\n")
     stream.flush()
     return now
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -102,9 +102,36 @@ def test_run_steps_on_schedule_and_everything_is_confirmed():
     assert [r["type"] for r in sink.records] == ["spike"] * 6
     assert fleet.now == pytest.approx(now + timedelta(seconds=10), abs=timedelta(seconds=1))
     text = out.getvalue()
-    assert "\r" in text
+    assert "\r" not in text  # not a terminal: plain lines a log can be read by
     assert "accepted 300" in text
     assert text.rstrip().endswith("ok: every reading sent was confirmed")
+
+
+class TerminalSink(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_run_rewrites_one_progress_line_on_a_terminal():
+    now = datetime.now(UTC)
+    clock = support.FakeClock()
+    fleet = FakeFleet(5, start=plan_start(now, speed=60, duration_s=10))
+    out = TerminalSink()
+    with support.FakeIngest() as server, fake_client(server.url, clock) as client:
+        code = run(
+            fleet,
+            client,
+            speed=60,
+            duration_s=10,
+            truth=ListSink(),
+            progress=out,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert code == EXIT_OK
+    text = out.getvalue()
+    assert text.count("\r") >= 2
+    assert text.count("\n") == 5  # only the final progress line and the summary end lines
 
 
 def test_run_stops_on_a_fatal_answer():
