@@ -19,6 +19,9 @@ Per request, in the host's order:
    Content-Type the Python worker would send. An exception is logged with the function name
    and traceback and answered 500 with an empty body, like the host.
 
+`GET /<routePrefix>/openapi.json` answers the app root's `openapi.json`, without a key, when
+the file exists (a local convenience: the Azure host serves no such document).
+
 Function modules are imported at `start()` with the app root on `sys.path`: a module that fails
 to import is reported then, with its traceback, and its function answers 500 while the others
 keep working. Keys never reach the logs; request lines are logged with `code=` redacted.
@@ -61,6 +64,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "FUNCTION_KEY_HEADER",
     "FUNCTION_KEY_QUERY",
+    "OPENAPI_FILE",
     "HttpFunction",
     "HttpHost",
     "redact",
@@ -73,6 +77,7 @@ DEFAULT_MAX_REQUEST_BODY_BYTES = 104_857_600
 FUNCTION_KEY_HEADER = "x-functions-key"
 FUNCTION_KEY_QUERY = "code"
 AUTH_LEVELS = ("anonymous", "function", "admin")
+OPENAPI_FILE = "openapi.json"
 BIND_ADDRESS = "127.0.0.1"
 
 _IDLE_TIMEOUT_SECONDS = 120.0  # an idle keep-alive connection is closed after this
@@ -353,6 +358,19 @@ class HttpHost:
                 return function, values
         return None
 
+    def openapi(self, method: str, path: str) -> Reply | None:
+        """The app's `openapi.json` for `GET <prefix>/openapi.json`, or None (then route as usual).
+
+        Read per request, so an edited document is served without a restart.
+        """
+        wanted = "/" + "/".join(p for p in (self.route_prefix, OPENAPI_FILE) if p)
+        document = self.app_root / OPENAPI_FILE
+        if method not in ("GET", "HEAD") or path.rstrip("/").lower() != wanted.lower():
+            return None
+        if not document.is_file():
+            return None
+        return 200, [("Content-Type", "application/json")], document.read_bytes()
+
     def authorized(
         self, function: HttpFunction, headers: Mapping[str, str], query: Sequence[tuple[str, str]]
     ) -> bool:
@@ -537,8 +555,12 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qsl(target.query, keep_blank_values=True)
         name = "-"
         found = host.find(self.command, target.path or "/")
+        document = host.openapi(self.command, target.path or "/")
         try:
-            if found is None:
+            if document is not None:
+                status, headers, body = document
+                name = OPENAPI_FILE
+            elif found is None:
                 status, headers, body = 404, [], b""
             else:
                 function, route_values = found
