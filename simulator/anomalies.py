@@ -70,6 +70,7 @@ class AnomalyInjector:
         lam = cfg.anomaly_per_day * steps * cfg.interval_s / 86400.0
         counts = rng.poisson(lam, cfg.devices)
         for d in np.flatnonzero(counts):
+            drawn: list[tuple[int, int, int, int, float]] = []
             for _ in range(int(counts[d])):
                 start = s0 + int(rng.integers(0, steps))
                 kind = int(rng.integers(0, len(ANOMALY_KINDS)))
@@ -85,6 +86,11 @@ class AnomalyInjector:
                     metric = -1
                 sign = 1.0 if name == "spike" else float(rng.choice([-1.0, 1.0]))
                 mag = sign * rng.uniform(0.6, 1.2) * float(self.scale[max(metric, 0), d])
+                drawn.append((start, length, kind, metric, mag))
+            # In time order: one anomaly at a time per device, and the share kept must not
+            # depend on how long a chunk is (drawn in random order, an early draw late in the
+            # chunk would block every earlier one).
+            for start, length, kind, metric, mag in sorted(drawn, key=lambda a: a[0]):
                 if start <= self.busy_until[d]:
                     continue
                 end = start + length - 1
@@ -93,7 +99,7 @@ class AnomalyInjector:
                 fleet.record_truth(
                     {
                         "type": "anomaly",
-                        "kind": name,
+                        "kind": ANOMALY_KINDS[kind],
                         "device_id": fleet.device_ids[d],
                         "metric": None if metric < 0 else _metric_name(metric),
                         "start": fleet.time_str(start),
