@@ -112,7 +112,11 @@ def handle_device_predictions(
         end = end or _token_time(token["t"])
         after = token["k"]
     end = end or _to_ms(now)
-    start = start or end - DEFAULT_SPAN
+    if start is None:
+        try:
+            start = end - DEFAULT_SPAN
+        except OverflowError:  # `to` within a day of the calendar's start
+            return _invalid([FieldError("to", "is too early: from would be before year 1")])
     if start >= end:
         errors.append(FieldError("from", "must be before to"))
     elif end - start > MAX_SPAN:

@@ -91,7 +91,10 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime:
         raise ValidationError.single(field, f"not an ISO 8601 date-time: {value!r}") from None
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValidationError.single(field, f"needs a UTC offset such as Z or +00:00: {value!r}")
-    ts = ts.astimezone(UTC)
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that crosses the calendar's edge
+        raise ValidationError.single(field, f"out of range: {value!r}") from None
     return ts.replace(microsecond=ts.microsecond - ts.microsecond % 1000)
 
 
@@ -198,6 +201,7 @@ def parse_body(body: bytes, *, now: datetime, content_type: str | None = None) -
                 415,
                 "unsupported_media_type",
                 f"content-type must be application/json, not {media!r}",
+                field="content-type",
             )
     try:
         doc = json.loads(body, parse_constant=_reject_constant)
