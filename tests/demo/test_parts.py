@@ -46,7 +46,8 @@ def test_a_service_that_exits_is_named_with_the_tail_of_its_log(tmp_path):
 
 def test_a_service_that_never_gets_healthy_is_stopped_after_its_deadline(tmp_path):
     group = ProcessGroup(tmp_path / "logs")
-    script = "import time; print('waiting', flush=True); time.sleep(60)"
+    # A service that starts and then hangs: blocks forever until it is stopped.
+    script = "import threading; print('waiting', flush=True); threading.Event().wait()"
     slow = Service("slow", [sys.executable, "-c", script], ready=lambda: False, timeout=0.5)
     with pytest.raises(ServiceError, match=r"(?s)slow was not healthy within 0.5s.*waiting"):
         group.start([slow])
