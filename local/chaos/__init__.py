@@ -1,0 +1,1 @@
+"""Chaos: the local stack under faults, poison, probes and fuzzing (`python -m local.chaos`, `make chaos`)."""
