@@ -64,6 +64,7 @@ class _Running:
     service: Service
     proc: subprocess.Popen[bytes]
     log_path: Path
+    log_offset: int = 0  # where this run's output starts in the log (a restart appends)
 
 
 def free_port() -> int:
@@ -157,6 +158,7 @@ class ProcessGroup:
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
         self._running: list[_Running] = []
+        self._known: dict[str, Service] = {}  # every service started, for `start_again`
 
     @property
     def names(self) -> list[str]:
@@ -167,8 +169,10 @@ class ProcessGroup:
         """Where service `name` logs."""
         return self.logs / f"{name}.log"
 
-    def start(self, services: Sequence[Service]) -> None:
+    def start(self, services: Sequence[Service], *, append: bool = False) -> None:
         """Start `services` at once, then wait until each is healthy.
+
+        `append` keeps what the log holds (a restarted service's earlier life stays readable).
 
         Raises:
             ServiceError: naming the first one that exited or missed its deadline.
@@ -176,7 +180,9 @@ class ProcessGroup:
         started = []
         for service in services:
             path = self.log_path(service.name)
-            with path.open("wb") as out:
+            offset = path.stat().st_size if append and path.exists() else 0
+            self._known[service.name] = service
+            with path.open("ab" if append else "wb") as out:
                 proc = subprocess.Popen(
                     list(service.argv),
                     cwd=service.cwd,
@@ -190,12 +196,49 @@ class ProcessGroup:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stopped as one
                 )
-            running = _Running(service, proc, path)
+            running = _Running(service, proc, path, offset)
             self._running.append(running)
             started.append(running)
             log.info("started %s (pid %d), log %s", service.name, proc.pid, path)
         for running in started:
             self._wait_healthy(running)
+
+    def start_again(self, name: str) -> None:
+        """Start a service that was stopped or killed, with its first settings; log appended."""
+        if any(r.service.name == name for r in self._running):
+            raise ServiceError(f"{name} is still running")
+        self.start([self._known[name]], append=True)
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL service `name`'s process group at once (no chance to flush or checkpoint).
+
+        Returns:
+            Whether it was still running.
+        """
+        chosen = [r for r in self._running if r.service.name == name]
+        alive = any(r.proc.poll() is None for r in chosen)
+        for running in chosen:
+            _signal(running.proc, signal.SIGKILL)
+            running.proc.wait(timeout=10)
+            log.info("killed %s (pid %d)", name, running.proc.pid)
+        self._running = [r for r in self._running if r not in chosen]
+        return alive
+
+    def is_running(self, name: str) -> bool:
+        """Whether service `name` was started and has not exited."""
+        return any(r.service.name == name and r.proc.poll() is None for r in self._running)
+
+    def current_log(self, name: str) -> str:
+        """What service `name` has logged since it was last started ('' if never)."""
+        offset = next((r.log_offset for r in self._running if r.service.name == name), None)
+        if offset is None:
+            return ""
+        try:
+            with self.log_path(name).open("rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _wait_healthy(self, running: _Running) -> None:
         service, proc = running.service, running.proc

@@ -48,6 +48,7 @@ _EXECUTING = re.compile(
     r".*Id=([0-9a-f-]+)\)"
 )
 _SUCCEEDED = re.compile(r"Executed 'Functions\.score_function' \(Succeeded, Id=([0-9a-f-]+)")
+_FAILED = re.compile(r"Executed 'Functions\.score_function' \(Failed, Id=([0-9a-f-]+)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class DemoConfig:
     ports: Ports = field(default_factory=Ports)
     score_hosts: int = 2
     workdir: Path = ROOT / ".local"
+    azurite_on_disk: bool = False  # keep Storage in the run's state folder (survives a restart)
+    aml_endpoint_url: str | None = None  # score through this URL (a fault proxy) instead
     powerbi_interval_seconds: float = 5.0
     load_balancing_interval: float = 2.0
     python: str = sys.executable
@@ -136,6 +139,20 @@ class Stack:
         )
 
     @property
+    def eventhub_connection(self) -> str:
+        """The emulator's connection string (with this run's SAS key)."""
+        return (
+            f"Endpoint=sb://127.0.0.1:{self.config.ports.eventhubs};SharedAccessKeyName="
+            f"RootManageSharedAccessKey;SharedAccessKey={self._eventhubs_key};"
+            "UseDevelopmentEmulator=true"
+        )
+
+    @property
+    def hub(self) -> str:
+        """The readings hub's name."""
+        return _HUB
+
+    @property
     def score_host_names(self) -> list[str]:
         """Log names of the score hosts."""
         return [f"score-host-{i}" for i in range(1, self.config.score_hosts + 1)]
@@ -182,7 +199,7 @@ class Stack:
         held: dict[str, set[str]] = {}
         for name in self.score_host_names:
             mine: set[str] = set()
-            for action, partition in _CLAIMED.findall(self._log(name)):
+            for action, partition in _CLAIMED.findall(self.processes.current_log(name)):
                 (mine.add if action == "claimed" else mine.discard)(partition)
             held[name] = mine
         return held
@@ -197,15 +214,22 @@ class Stack:
         return done
 
     def wait_balanced(self, *, timeout: float) -> bool:
-        """Wait until every partition is held and each score host holds at least one."""
+        """Wait until every partition is held and each running score host holds at least one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.processes.check_alive()
-            held = self.claimed_partitions().values()
-            if all(held) and len(set().union(*held)) == _PARTITIONS:
+            claims = self.claimed_partitions()
+            held = [claims[n] for n in self.score_host_names if self.processes.is_running(n)]
+            if held and all(held) and len(set().union(*held)) == _PARTITIONS:
                 return True
             time.sleep(0.2)
         return False
+
+    def in_flight(self, name: str) -> bool:
+        """Whether score host `name` has an invocation running now (per its log)."""
+        text = self.processes.current_log(name)
+        started = {iid for _, iid in _EXECUTING.findall(text)}
+        return bool(started - set(_SUCCEEDED.findall(text)) - set(_FAILED.findall(text)))
 
     def _log(self, name: str) -> str:
         try:
@@ -226,7 +250,11 @@ class Stack:
                 [
                     str(azurite),
                     "--disableTelemetry",
-                    "--inMemoryPersistence",
+                    *(
+                        ("--location", str(c.state / "azurite"))
+                        if c.azurite_on_disk
+                        else ("--inMemoryPersistence",)
+                    ),
                     "--skipApiVersionCheck",
                     *("--blobHost", "127.0.0.1", "--blobPort", str(p.azurite_blob)),
                     *("--queueHost", "127.0.0.1", "--queuePort", str(p.azurite_queue)),
@@ -302,7 +330,9 @@ class Stack:
                         *(*host, "--functions", "score_function", "--no-http"),
                         *("--load-balancing-interval", f"{c.load_balancing_interval:g}"),
                     ],
-                    ready=lambda name=name: "listening on event hub" in self._log(name),
+                    ready=lambda name=name: (
+                        "listening on event hub" in self.processes.current_log(name)
+                    ),
                     unset=settings,
                     cwd=ROOT,
                 )
@@ -315,15 +345,11 @@ class Stack:
             "FUNCTIONS_WORKER_RUNTIME": "python",
             "FUNCTIONS_KEY": self.function_key,
             "AzureWebJobsStorage": self.storage_connection,
-            "EVENTHUB_CONNECTION": (
-                f"Endpoint=sb://127.0.0.1:{p.eventhubs};SharedAccessKeyName="
-                f"RootManageSharedAccessKey;SharedAccessKey={self._eventhubs_key};"
-                "UseDevelopmentEmulator=true"
-            ),
+            "EVENTHUB_CONNECTION": self.eventhub_connection,
             "EVENTHUB_NAME": _HUB,
             "EVENTHUB_CONSUMER_GROUP": _CONSUMER_GROUP,
             "TABLES_CONNECTION": self.storage_connection,
-            "AML_ENDPOINT_URL": f"http://127.0.0.1:{p.aml}/score",
+            "AML_ENDPOINT_URL": c.aml_endpoint_url or f"http://127.0.0.1:{p.aml}/score",
             "AML_ENDPOINT_KEY": "local-demo",  # azmlinfsrv checks no key; AML does
             "POWERBI_API_URL": f"http://127.0.0.1:{p.dashboard}",
             "POWERBI_DATASET_ID": self.dataset_id,
