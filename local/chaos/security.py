@@ -1,0 +1,661 @@
+"""Security probes against a running local stack: keys, injection, body limits, leaked secrets.
+
+Each probe sends what a hostile or careless client would and returns a `Probe` record saying
+what was sent, what came back and whether that was the right answer, so the chaos CLI can print
+the records and tests can assert on them. Probes never put a secret in a record: a detail says
+"the function key" or "a wrong key", never the value. Every answer a probe receives (status,
+headers, body, or an SDK's error text) is kept, and `probe_error_bodies` checks that none of
+them carries a secret of the run; `scan_logs` does the same for the processes' logs.
+
+Example:
+    >>> for probe in probe_all(stack):  # doctest: +SKIP
+    ...     print("ok  " if probe.ok else "FAIL", probe.name, probe.detail)
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import secrets as _secrets
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub.exceptions import AuthenticationError, EventHubError
+
+from local.demo.stack import Stack
+from shared.readings import MAX_BODY_BYTES, format_timestamp
+
+__all__ = [
+    "Leak",
+    "Probe",
+    "probe_all",
+    "probe_dashboard_keys",
+    "probe_declared_oversize",
+    "probe_error_bodies",
+    "probe_eventhubs_wrong_key",
+    "probe_ingest_keys",
+    "probe_oversized_bodies",
+    "probe_query_injection",
+    "probe_query_keys",
+    "scan_logs",
+    "stack_secrets",
+]
+
+_TIMEOUT = 10.0  # seconds for an ordinary request
+_PROMPT = 5.0  # a refusal before the body is sent must come within this
+_PROBE_DEVICE = "chaos-probe-0001"  # a valid id no fleet uses: its rows would be ours
+_HEADERS_END = b"\r\n\r\n"
+# A key-bearing field with a value (a SAS token's `sig=` is as good as the key until it
+# expires); a redaction marker is not a value.
+_KEY_FIELD = re.compile(r"\b(SharedAccessKey|AccountKey|sig)=(?!\*+(?:[;&\s\"']|$))([^;&\s\"']+)")
+_REDACTED = frozenset({"[redacted]", "<redacted>", "redacted", "REDACTED"})
+
+Seen = list[str]  # every answer received, as text, for `probe_error_bodies`
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe's verdict: `detail` says what was sent and what came back, never a secret."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Leak:
+    """A log line holding a secret: `what` names the secret (or the field), never its value."""
+
+    path: Path
+    line_number: int
+    what: str
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int  # 0: no answer (see `error`)
+    headers: list[tuple[str, str]]
+    body: bytes
+    seconds: float
+    error: str = ""
+
+    @property
+    def shown(self) -> str:
+        return str(self.status) if self.status else f"no answer ({self.error})"
+
+    def text(self) -> str:
+        head = "\n".join(f"{k}: {v}" for k, v in self.headers)
+        return f"{self.status}\n{head}\n\n{self.body.decode('utf-8', 'replace')}"
+
+
+@dataclass
+class _Tally:
+    """What a probe checked and what failed; becomes its `Probe`."""
+
+    name: str
+    checked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def expect(self, said: str, answer: _Answer, status: int) -> None:
+        said = f"{said} -> {answer.shown}"
+        if answer.status == status:
+            self.checked.append(said)
+        else:
+            self.failures.append(f"{said}, expected {status}")
+
+    def probe(self) -> Probe:
+        if self.failures:
+            return Probe(self.name, False, "; ".join(self.failures))
+        return Probe(self.name, True, "; ".join(self.checked))
+
+
+# --- the run's secrets ----------------------------------------------------------------------
+
+
+def stack_secrets(stack: Stack) -> dict[str, str]:
+    """This run's secrets by name, read from the hosts' settings file (it holds all of them).
+
+    Read from the file rather than the stack's private attributes: the file is what the hosts
+    were given, so it is also what could leak.
+    """
+    values = json.loads(stack.settings_path.read_text())["Values"]
+    eventhubs, storage = values["EVENTHUB_CONNECTION"], values["AzureWebJobsStorage"]
+    found = {
+        "function key": values["FUNCTIONS_KEY"],
+        "Event Hubs SAS key": _field(eventhubs, "SharedAccessKey"),
+        "Event Hubs connection string": eventhubs,
+        "dashboard key": values["POWERBI_ACCESS_TOKEN"],
+        "storage account key": _field(storage, "AccountKey"),
+        "storage connection string": storage,
+    }
+    tables = values.get("TABLES_CONNECTION") or storage
+    if tables != storage:
+        found["tables account key"] = _field(tables, "AccountKey")
+        found["tables connection string"] = tables
+    return found
+
+
+def _field(connection: str, name: str) -> str:
+    for part in connection.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    raise ValueError(f"the connection string has no {name}")
+
+
+def _setting(stack: Stack, name: str) -> str:
+    return str(json.loads(stack.settings_path.read_text())["Values"][name])
+
+
+# --- HTTP without a client that tidies the request up ---------------------------------------
+
+
+def _request(
+    url: str,
+    method: str,
+    target: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | Iterable[bytes] | None = None,
+    chunked: bool = False,
+    timeout: float = _TIMEOUT,
+) -> _Answer:
+    """Send `target` byte for byte (no dot-segment removal, no re-encoding) and read the answer."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        return _exchange(conn, method, target, headers or {}, body, chunked=chunked)
+    except (OSError, http.client.HTTPException) as exc:  # TimeoutError included
+        return _Answer(0, [], b"", time.monotonic() - started, type(exc).__name__)
+    finally:
+        conn.close()
+
+
+def _exchange(
+    conn: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: bytes | Iterable[bytes] | None,
+    *,
+    chunked: bool,
+) -> _Answer:
+    started = time.monotonic()
+    conn.putrequest(method, target, skip_accept_encoding=True)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    if chunked:
+        conn.putheader("Transfer-Encoding", "chunked")
+    elif isinstance(body, bytes):
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    try:
+        if chunked and body is not None:
+            for chunk in body:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        elif isinstance(body, bytes):
+            conn.send(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered early and closed: its answer is still readable
+    response = conn.getresponse()
+    data = response.read()
+    return _Answer(response.status, response.getheaders(), data, time.monotonic() - started)
+
+
+def _reading(device_id: str = _PROBE_DEVICE) -> bytes:
+    stamp = format_timestamp(datetime.now(UTC) - timedelta(seconds=30))
+    doc = {"device_id": device_id, "timestamp": stamp, "metrics": {"temperature_c": 70.5}}
+    return json.dumps(doc).encode()
+
+
+def _wrong_key() -> str:
+    return _secrets.token_urlsafe(24)
+
+
+# --- 1, 2: keys on the HTTP functions -------------------------------------------------------
+
+
+def probe_ingest_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """`POST /api/readings` with a valid body and no key, a wrong key, a near-miss: all 401."""
+    seen = [] if seen is None else seen
+    tally = _Tally("ingest refuses requests without the function key")
+    key, path = stack.function_key, urlsplit(stack.ingest_url).path
+    json_type = {"Content-Type": "application/json"}
+    for what, target, headers in [
+        ("no key", path, json_type),
+        ("a wrong x-functions-key", path, {**json_type, "x-functions-key": _wrong_key()}),
+        ("a wrong ?code=", f"{path}?code={_wrong_key()}", json_type),
+        ("an empty ?code=", f"{path}?code=", json_type),
+        ("the key minus its last character", path, {**json_type, "x-functions-key": key[:-1]}),
+        ("the key plus one character as ?code=", f"{path}?code={key}x", json_type),
+    ]:
+        answer = _request(stack.api_url, "POST", target, headers=headers, body=_reading())
+        seen.append(answer.text())
+        tally.expect(f"POST {path} with {what}", answer, 401)
+        if key.encode() in answer.body:
+            tally.failures.append(f"the 401 to {what} holds the function key")
+    return tally.probe()
+
+
+def probe_query_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """Both query routes (`function.json`: `{collection}/{device_id?}/{view?}`) need the key."""
+    seen = [] if seen is None else seen
+    tally = _Tally("query refuses requests without the function key")
+    base = urlsplit(stack.api_url).path
+    for target in [f"{base}/devices/{_PROBE_DEVICE}/predictions", f"{base}/anomalies"]:
+        for what, suffix, headers in [
+            ("no key", "", {}),
+            ("a wrong x-functions-key", "", {"x-functions-key": _wrong_key()}),
+            ("a wrong ?code=", f"?code={_wrong_key()}", {}),
+        ]:
+            answer = _request(stack.api_url, "GET", target + suffix, headers=headers)
+            seen.append(answer.text())
+            tally.expect(f"GET {target} with {what}", answer, 401)
+    return tally.probe()
+
+
+# --- 3: injection and path tricks on the query API ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Trick:
+    what: str  # how the detail names it
+    target: str  # after /api, as sent on the wire
+    field: str | None  # the field a 400 must name; None when only a 404 fits
+
+
+def _device_tricks() -> Iterator[_Trick]:
+    def enc(device: str, safe: str = "") -> str:
+        return f"/devices/{quote(device, safe=safe)}/predictions"
+
+    for device in [
+        "x' or PartitionKey ne '",
+        "' or 1 eq 1 or '",
+        "pump-0001' or PartitionKey gt '",
+        "x') or (PartitionKey ne '",
+        "*",
+        "a b",
+    ]:
+        yield _Trick(f"device id {device!r} (percent-encoded)", enc(device), "device_id")
+    yield _Trick("device id with a raw quote", enc("x' or true", safe="'"), "device_id")
+    yield _Trick(
+        "device id 'x%27%20or%20true' as sent", "/devices/x%27%20or%20true/predictions", "device_id"
+    )
+    yield _Trick("device id %00", "/devices/%00/predictions", "device_id")
+    yield _Trick("device id pump%00", "/devices/pump%00/predictions", "device_id")
+    yield _Trick(
+        "device id ..%2F..%2Fanomalies", "/devices/..%2F..%2Fanomalies/predictions", "device_id"
+    )
+    yield _Trick("device id %2e%2e%2fx", "/devices/%2e%2e%2fx/predictions", "device_id")
+    yield _Trick("a 10,000-character device id", enc("a" * 10_000), "device_id")
+    yield _Trick("a 65-character device id", enc("a" * 65), "device_id")
+    for label, device in [
+        ("fullwidth apostrophe", "x\uff07 or 1 eq 1"),
+        ("right single quote", "x\u2019 or true"),
+        ("Cyrillic homoglyph", "\u0440ump-0001"),
+        ("fullwidth letters", "\uff50\uff55\uff4d\uff50-0001"),
+        ("zero-width space", "pump\u200b-0001"),
+        ("right-to-left override", "pump-\u202e1000"),
+        ("combining accent", "pump-0001\u0301"),
+        ("overlong UTF-8 slash", None),
+    ]:
+        target = "/devices/%C0%AF..%C0%AFanomalies/predictions" if device is None else enc(device)
+        yield _Trick(f"device id with a {label}", target, "device_id")
+    # Path tricks the router must not resolve to another resource.
+    for target in [
+        "/devices/../../Predictions",
+        "/devices/../../Predictions/predictions",
+        f"/devices/{_PROBE_DEVICE}/../../anomalies/x",
+        "/devices/x/predictions/..%2F..%2Fanomalies",
+        f"/devices/{_PROBE_DEVICE}/Predictions%2F..",
+        "/anomalies/x'%20or%20'1'%20eq%20'1",
+        f"/devices/{_PROBE_DEVICE}",
+        "/Predictions",
+        "/DeviceState/x/state",
+    ]:
+        yield _Trick(f"path {target}", target, None)
+
+
+def _param_tricks() -> Iterator[_Trick]:
+    device = f"/devices/{_PROBE_DEVICE}/predictions"
+    now = datetime.now(UTC)
+    other = _forged_token("pump-0001", now)
+    for name, value in [
+        ("from", "2026-01-01T00:00:00Z' or PartitionKey ne '"),
+        ("from", "' or 1 eq 1 or '"),
+        ("to", "2026-01-01T00:00:00Z) or (true"),
+        ("to", "9999-12-31T23:59:59Z%00"),
+        ("limit", "1 or 1 eq 1"),
+        ("limit", "-1"),
+        ("limit", "0"),
+        ("limit", "1000000"),
+        ("limit", "1e3"),
+        ("limit", "\uff11\uff10"),  # fullwidth digits: int() would take them
+        ("order", "asc' or '1"),
+        ("order", "desc;drop"),
+        ("anomalies_only", "true' or '1' eq '1"),
+        ("continuation", "' or 1 eq 1 or '"),
+        ("continuation", base64.urlsafe_b64encode(b'{"k":"x\' or true"}').decode().rstrip("=")),
+        ("continuation", other),
+        ("continuation", "A" * 5000),
+        ("$filter", "PartitionKey ne ''"),
+        ("PartitionKey", "pump-0001"),
+    ]:
+        target = f"{device}?{quote(name, safe='')}={quote(value, safe='')}"
+        yield _Trick(f"{name}={value[:60]!r}", target, name)
+    for name, value in [
+        ("date", "2026-11-27' or PartitionKey ne '"),
+        ("date", "../../Predictions"),
+        ("date", "2026-13-45"),
+        ("date", "\uff12\uff10\uff12\uff16-11-27"),
+        ("limit", "1 or true"),
+        ("continuation", other),
+        ("$filter", "true"),
+    ]:
+        target = f"/anomalies?{quote(name, safe='')}={quote(value, safe='')}"
+        yield _Trick(f"anomalies {name}={value[:60]!r}", target, name)
+
+
+def _forged_token(device_id: str, now: datetime) -> str:
+    """A well-formed continuation token for another device's query (a replay across devices)."""
+    doc = {
+        "a": False,
+        "d": device_id,
+        "f": format_timestamp(now - timedelta(hours=24)),
+        "k": "20261127T070000.000Z",
+        "o": "asc",
+        "t": format_timestamp(now),
+    }
+    text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def probe_query_injection(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """OData injection, path tricks and odd parameters, with the key: a 4xx and no rows, ever.
+
+    A 400 must be `{"error": "validation", "details": [...]}` naming the field; a path the
+    router does not match may be a 404. A 200 (rows of some device) or any 5xx is a failure.
+    """
+    seen = [] if seen is None else seen
+    tally = _Tally("query refuses injection and path tricks")
+    base = urlsplit(stack.api_url).path
+    key = {"x-functions-key": stack.function_key}
+    tricks = [*_device_tricks(), *_param_tricks()]
+    for trick in tricks:
+        answer = _request(stack.api_url, "GET", base + trick.target, headers=key)
+        seen.append(answer.text())
+        if problem := _injection_problem(trick, answer):
+            tally.failures.append(f"{trick.what} -> {answer.shown}: {problem}")
+    tally.checked.append(
+        f"{len(tricks)} requests with the key (device ids, paths, from/to/limit/order/"
+        "anomalies_only/continuation/date, unknown $filter): each a 4xx without rows"
+    )
+    return tally.probe()
+
+
+def _injection_problem(trick: _Trick, answer: _Answer) -> str:
+    body = answer.body.decode("utf-8", "replace")
+    if answer.status >= 500:
+        return f"a server error: {body[:200]!r}"
+    if answer.status < 400:
+        return f"not refused; body starts {body[:200]!r}"
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc.get("items"):
+        return "the error carries rows"
+    if answer.status == 404 and trick.field is None:
+        return ""
+    if answer.status != 400:
+        expected = "400 or 404" if trick.field is None else "400"
+        return f"expected {expected}; body {body[:200]!r}"
+    if not isinstance(doc, dict) or doc.get("error") != "validation":
+        return f"a 400 without a validation document: {body[:200]!r}"
+    fields = [str(d.get("field")) for d in doc.get("details", []) if isinstance(d, dict)]
+    if trick.field is not None and not any(f.startswith(trick.field) for f in fields):
+        return f"the 400 names {fields}, not {trick.field!r}"
+    return ""
+
+
+# --- 4: oversized ingest ---------------------------------------------------------------------
+
+
+def probe_declared_oversize(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """A keyed `Content-Length: 50000000` and no body: a 413 promptly, before any body byte.
+
+    The contract's limit is 1 MiB; a host that waits for 50 MB before refusing lets a client
+    hold a connection (and a thread) with a few bytes of headers.
+    """
+    seen = [] if seen is None else seen
+    url = urlsplit(stack.ingest_url)
+    status, head, seconds = _headers_only(
+        url.hostname or "127.0.0.1",
+        url.port or 80,
+        f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        "Content-Type: application/json\r\n"
+        f"x-functions-key: {stack.function_key}\r\n"
+        "Content-Length: 50000000\r\n\r\n",
+    )
+    seen.append(head)
+    name = "ingest refuses a declared 50 MB body before reading it"
+    said = f"POST {url.path} with the key, Content-Length: 50000000 and no body ->"
+    if status == 413 and seconds <= _PROMPT:
+        return Probe(name, True, f"{said} 413 in {seconds:.2f} s")
+    got = f"no answer in {seconds:.1f} s" if status is None else f"{status} in {seconds:.2f} s"
+    return Probe(name, False, f"{said} {got}; expected 413 within {_PROMPT:g} s")
+
+
+def probe_oversized_bodies(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """Bodies over the 1 MiB ingest limit, chunked or with their length, are answered 413."""
+    seen = [] if seen is None else seen
+    tally = _Tally("ingest refuses bodies over 1 MiB")
+    path = urlsplit(stack.ingest_url).path
+    key = {"Content-Type": "application/json", "x-functions-key": stack.function_key}
+    half = b" " * (MAX_BODY_BYTES // 2 + 1)
+    for what, body, chunked in [
+        ("a chunked body of 1 MiB + 2 bytes", [half, half], True),
+        ("a 1 MiB + 1 byte body with its Content-Length", b" " * (MAX_BODY_BYTES + 1), False),
+    ]:
+        answer = _request(stack.api_url, "POST", path, headers=key, body=body, chunked=chunked)
+        seen.append(answer.text())
+        tally.expect(f"POST {path} with the key and {what} ({answer.seconds:.2f} s)", answer, 413)
+    return tally.probe()
+
+
+def _headers_only(host: str, port: int, head: str) -> tuple[int | None, str, float]:
+    """Send a request head and no body; return the status (None: no answer in time)."""
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection((host, port), timeout=_PROMPT) as sock:
+        sock.sendall(head.encode())
+        try:
+            while _HEADERS_END not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except TimeoutError:
+            return None, received.decode("latin-1"), time.monotonic() - started
+    seconds = time.monotonic() - started
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", received)
+    return (int(match.group(1)) if match else None), received.decode("latin-1"), seconds
+
+
+# --- 5: Event Hubs SAS ------------------------------------------------------------------------
+
+
+def probe_eventhubs_wrong_key(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """The emulator refuses a SAS token signed with a wrong key, and stores nothing from it.
+
+    The unmodified SDK signs the token; `retry_total=0` so the refusal surfaces at once. The
+    partition's last sequence number, read with the right key, must not move.
+    """
+    seen = [] if seen is None else seen
+    right, hub = _setting(stack, "EVENTHUB_CONNECTION"), _setting(stack, "EVENTHUB_NAME")
+    wrong = right.replace(_field(right, "SharedAccessKey"), _wrong_key())
+    partition = "0"
+    before = _last_sequence(right, hub, partition)
+    started = time.monotonic()
+    try:
+        with EventHubProducerClient.from_connection_string(
+            wrong, eventhub_name=hub, retry_total=0
+        ) as client:
+            client.send_batch([EventData(f"chaos-{_secrets.token_hex(8)}")], partition_id=partition)
+        outcome = "sent"
+    except EventHubError as exc:  # AuthenticationError is one
+        seen.append(f"{type(exc).__name__}: {exc}")
+        outcome = type(exc).__name__
+        if not isinstance(exc, AuthenticationError):
+            outcome += f" (not an authentication error: {str(exc)[:200]})"
+    seconds = time.monotonic() - started
+    after = _last_sequence(right, hub, partition)
+    said = (
+        f"send_batch to {hub}/{partition} with a wrong SharedAccessKey, retry_total=0 -> "
+        f"{outcome} in {seconds:.2f} s; the partition's last sequence number {before} -> {after}"
+    )
+    ok = outcome == "AuthenticationError" and before == after
+    return Probe(
+        "Event Hubs refuses a SAS token signed with a wrong key",
+        ok,
+        said if ok else f"{said}; expected AuthenticationError and no new event",
+    )
+
+
+def _last_sequence(connection: str, hub: str, partition: str) -> int:
+    with EventHubProducerClient.from_connection_string(connection, eventhub_name=hub) as client:
+        return int(client.get_partition_properties(partition)["last_enqueued_sequence_number"])
+
+
+# --- 6: the dashboard's push API --------------------------------------------------------------
+
+
+def probe_dashboard_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
+    """Push-rows without the dashboard key, or with a wrong one: 401/403 and no row stored.
+
+    Power BI (and the stand-in) answer 401 without a bearer token, 403 with a wrong one, and
+    403 for a push URL whose `key` is missing or wrong. The key in the wrong place is refused
+    too (and must not reach the dashboard's log: `scan_logs` looks).
+    """
+    seen = [] if seen is None else seen
+    tally = _Tally("dashboard refuses rows without its key")
+    key = _setting(stack, "POWERBI_ACCESS_TOKEN")
+    device = f"chaos-probe-{_secrets.token_hex(4)}"
+    window = format_timestamp(datetime.now(UTC).replace(second=0, microsecond=0))
+    row = {
+        **{"device_id": device, "window_start": window, "last_timestamp": window},
+        **{"readings": 1, "anomalies": 0, "maintenance_due": False},
+        **dict.fromkeys(("mean_anomaly_score", "max_anomaly_score"), 0.1),
+        **dict.fromkeys(("failure_probability", "max_failure_probability"), 0.1),
+    }
+    rest = f"/v1.0/myorg/datasets/{stack.dataset_id}/tables/DeviceAggregates/rows"
+    push = f"/beta/tenant/datasets/{stack.dataset_id}/rows"
+    rows, bare = json.dumps({"rows": [row]}).encode(), json.dumps([row]).encode()
+
+    def auth(value: str) -> dict[str, str]:
+        return {"Content-Type": "application/json", "Authorization": value}
+
+    plain = {"Content-Type": "application/json"}
+    for what, target, headers, body, status in [
+        ("REST rows, no Authorization", rest, plain, rows, 401),
+        ("REST rows, Bearer <wrong>", rest, auth(f"Bearer {_wrong_key()}"), rows, 403),
+        ("REST rows, Bearer <key minus a character>", rest, auth(f"Bearer {key[:-1]}"), rows, 403),
+        ("REST rows, Basic <key>", rest, auth(f"Basic {key}"), rows, 401),
+        ("REST rows, the key as ?key=", f"{rest}?key={key}", plain, rows, 401),
+        ("push URL, no key", push, plain, bare, 403),
+        ("push URL, ?key=<wrong>", f"{push}?key={_wrong_key()}", plain, bare, 403),
+        ("push URL, the key as a bearer token", push, auth(f"Bearer {key}"), bare, 403),
+    ]:
+        answer = _request(stack.dashboard_url, "POST", target, headers=headers, body=body)
+        seen.append(answer.text())
+        tally.expect(what, answer, status)
+    if stored := _dashboard_rows(stack.dashboard_db, device):
+        tally.failures.append(f"{stored} row(s) of the probe's device were stored")
+    else:
+        tally.checked.append("no row of the probe's device stored")
+    return tally.probe()
+
+
+def _dashboard_rows(db: Path, device: str) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        sql = "SELECT COUNT(*) FROM rows WHERE device_id = ?"
+        (count,) = conn.execute(sql, (device,)).fetchone()
+    return int(count)
+
+
+# --- 7: secrets in answers -------------------------------------------------------------------
+
+
+def probe_error_bodies(stack: Stack, seen: Iterable[str]) -> Probe:
+    """No answer the other probes received (status, headers, body, SDK error) holds a secret."""
+    answers, secrets = list(seen), stack_secrets(stack)
+    found = sorted({name for text in answers for name, value in secrets.items() if value in text})
+    found += sorted({f"{m.group(1)}=" for text in answers for m in _key_fields(text)})
+    name = "answers never carry a secret"
+    if found:
+        return Probe(name, False, f"{len(answers)} answers checked; found: {', '.join(found)}")
+    return Probe(
+        name,
+        True,
+        f"{len(answers)} answers checked for {len(secrets)} secrets and for "
+        "SharedAccessKey=, AccountKey= and sig= with a value",
+    )
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def scan_logs(paths: Iterable[Path], secrets: Mapping[str, str]) -> list[Leak]:
+    """Every log line holding a secret, or a `SharedAccessKey=`/`AccountKey=`/`sig=` value.
+
+    Any key-bearing field with a value is flagged, not only this run's keys: a log outlives
+    the run. `secrets` maps a name to a value (e.g. `stack_secrets(stack)`) because a `Leak`
+    reports the name, never the value. A redaction marker (`***`, `[redacted]`) is no value.
+
+    Example:
+        >>> scan_logs([Path("http-host.log")], {"function key": "k3y"})  # doctest: +SKIP
+        [Leak(path=PosixPath('http-host.log'), line_number=12, what='function key')]
+    """
+    wanted = {name: value for name, value in secrets.items() if value}
+    leaks = []
+    for path in paths:
+        with Path(path).open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                found = [name for name, value in wanted.items() if value in line]
+                found += sorted({f"{m.group(1)}= with a value" for m in _key_fields(line)})
+                leaks.extend(Leak(Path(path), number, what) for what in found)
+    return leaks
+
+
+def _key_fields(text: str) -> Iterator[re.Match[str]]:
+    return (m for m in _KEY_FIELD.finditer(text) if m.group(2) not in _REDACTED)
+
+
+# --- all of them -------------------------------------------------------------------------------
+
+
+def probe_all(stack: Stack) -> list[Probe]:
+    """Run every probe against the running `stack`, the answers check last."""
+    seen: Seen = []
+    probes: list[Callable[..., Probe]] = [
+        probe_ingest_keys,
+        probe_query_keys,
+        probe_query_injection,
+        probe_declared_oversize,
+        probe_oversized_bodies,
+        probe_eventhubs_wrong_key,
+        probe_dashboard_keys,
+    ]
+    results = [probe(stack, seen=seen) for probe in probes]
+    return [*results, probe_error_bodies(stack, seen)]
