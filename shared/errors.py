@@ -36,7 +36,7 @@ class FieldError:
         return out
 
     def __str__(self) -> str:
-        where = f"[{self.index}]." if self.index is not None else ""
+        where = f"readings[{self.index}]." if self.index is not None else ""
         return f"{where}{self.field}: {self.message}"
 
 

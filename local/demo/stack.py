@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dashboard.store import dataset_id_for
+from shared.readings import MAX_BODY_BYTES
 from shared.store import TableStore
 
 from .processes import ProcessGroup, Service, check_ports_free, http_answers, tcp_answers
@@ -75,6 +76,7 @@ class DemoConfig:
     aml_endpoint_url: str | None = None  # score through this URL (a fault proxy) instead
     powerbi_interval_seconds: float = 5.0
     load_balancing_interval: float = 2.0
+    ownership_expiration: float = 30.0  # after this a dead score host's partitions are taken
     python: str = sys.executable
 
     @property
@@ -329,6 +331,7 @@ class Stack:
                     [
                         *(*host, "--functions", "score_function", "--no-http"),
                         *("--load-balancing-interval", f"{c.load_balancing_interval:g}"),
+                        *("--ownership-expiration", f"{c.ownership_expiration:g}"),
                     ],
                     ready=lambda name=name: (
                         "listening on event hub" in self.processes.current_log(name)
@@ -344,6 +347,9 @@ class Stack:
         values = {
             "FUNCTIONS_WORKER_RUNTIME": "python",
             "FUNCTIONS_KEY": self.function_key,
+            # The host refuses a body over the ingest's limit before reading it (Azure reads
+            # the same setting); the ingest's own check is then for chunked bodies only.
+            "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": str(MAX_BODY_BYTES),
             "AzureWebJobsStorage": self.storage_connection,
             "EVENTHUB_CONNECTION": self.eventhub_connection,
             "EVENTHUB_NAME": _HUB,

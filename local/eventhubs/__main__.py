@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shown(connection_string: str, key: str) -> str:
+    """The connection string to print: the well-known key as is, a run's own key masked."""
+    if key == DEFAULT_KEY:
+        return connection_string
+    return connection_string.replace(f"SharedAccessKey={key}", "SharedAccessKey=***")
+
+
 async def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else default_config()
@@ -88,7 +95,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for name, hub in config.hubs.items():
         groups = ", ".join(hub.consumer_groups)
         print(f"  {name}: {hub.partition_count} partitions; consumer groups {groups}")
-        print(f"    {server.connection_string(name)}")
+        print(f"    {_shown(server.connection_string(name), args.key)}")
     sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -33,6 +33,8 @@ log = logging.getLogger("local.host")
 DEFAULT_PORT = 7071
 KEY_VARIABLE = "FUNCTIONS_KEY"
 MASTER_KEY_VARIABLE = "FUNCTIONS_MASTER_KEY"
+# Azure's own app setting for the host's request body limit (functions-app-settings reference).
+BODY_LIMIT_VARIABLE = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,8 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-request-body-bytes",
         metavar="BYTES",
         type=int,
-        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
-        help="bodies over this are answered 413 (default: %(default)s, the documented limit)",
+        default=None,
+        help=(
+            "bodies over this are answered 413 before they are read (default: the "
+            f"{BODY_LIMIT_VARIABLE} setting, as on Azure, else "
+            f"{DEFAULT_MAX_REQUEST_BODY_BYTES}, the documented limit)"
+        ),
     )
     parser.add_argument(
         "--functions",
@@ -163,6 +169,22 @@ def _selected(args: argparse.Namespace, app_root: Path) -> set[str] | None:
     return wanted
 
 
+def _body_limit(given: int | None) -> int:
+    """The command line's limit, else the app setting Azure's host reads, else 100 MB.
+
+    Raises:
+        AppConfigError: the setting is not a positive whole number.
+    """
+    if given is not None:
+        return given
+    value = os.environ.get(BODY_LIMIT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_MAX_REQUEST_BODY_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise AppConfigError(f"{BODY_LIMIT_VARIABLE} must be a positive number of bytes: {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until Ctrl-C or SIGTERM; return the process exit code."""
     args = _parser().parse_args(argv)
@@ -207,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     keys=[key],
                     master_key=args.master_key or os.environ.get(MASTER_KEY_VARIABLE) or None,
                     port=port,
-                    max_request_body_bytes=args.max_request_body_bytes,
+                    max_request_body_bytes=_body_limit(args.max_request_body_bytes),
                 )
                 if selected is not None:
                     http.http_functions = [f for f in http.http_functions if f.name in selected]

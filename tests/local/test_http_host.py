@@ -641,3 +641,17 @@ def read_until(lines: queue.Queue[str | None], marker: str | None, timeout: floa
         seen.append(line)
         if marker is not None and marker in line:
             return "".join(seen)
+
+
+def test_the_body_limit_comes_from_the_flag_then_azures_setting_then_100_mb(monkeypatch):
+    from local.host import AppConfigError
+    from local.host.__main__ import _body_limit
+
+    monkeypatch.delenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", raising=False)
+    assert _body_limit(None) == 104_857_600
+    monkeypatch.setenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", "1048576")
+    assert _body_limit(None) == 1_048_576
+    assert _body_limit(5000) == 5000
+    monkeypatch.setenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", "1MB")
+    with pytest.raises(AppConfigError, match="FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"):
+        _body_limit(None)

@@ -77,3 +77,15 @@ def test_cli_help_explains_itself():
     ).stdout
     for flag in ("--config", "--port", "--data-dir", "--key", "--fsync", "--retention-hours"):
         assert flag in out
+
+
+def test_a_runs_own_key_is_masked_in_the_printed_connection_string():
+    from local.eventhubs.__main__ import _shown
+    from local.eventhubs.server import DEFAULT_KEY
+
+    conn = "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=K;SharedAccessKey=s3cret-run-key;X=1"
+    shown = _shown(conn, "s3cret-run-key")
+    assert "s3cret-run-key" not in shown
+    assert "SharedAccessKey=***;" in shown
+    well_known = conn.replace("s3cret-run-key", DEFAULT_KEY)
+    assert _shown(well_known, DEFAULT_KEY) == well_known  # the public default stays copyable
