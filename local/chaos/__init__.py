@@ -1,1 +1,1 @@
-"""Chaos: the local stack under faults, poison, probes and fuzzing (`python -m local.chaos`, `make chaos`)."""
+"""Chaos: the stack under faults, poison, probes and fuzzing (`python -m local.chaos`)."""

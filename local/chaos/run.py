@@ -1,0 +1,382 @@
+"""The chaos run: the local stack under a steady fleet while faults come one after another.
+
+Order of faults, each its own phase (readings are booked to the phase their 202 arrived in):
+a quiet baseline; score hosts killed with SIGKILL in the middle of a batch, one after another,
+and started again; AML answering 503 and 429-with-Retry-After for a share of calls; AML down
+for a while (the back-pressure phase: ingest must keep accepting, scoring must resume by itself
+and the backlog drain, at a rate we measure); Azurite stopped and started again on its on-disk
+state; the Event Hubs emulator killed and started again; poison sent straight to the hub. Then
+the fleet stops, the pipeline drains, and the books are settled: every accepted reading must
+have exactly one Predictions row. Security probes run against the stack that has been through
+all that, and its logs are scanned for secrets.
+
+Every wait has a deadline; a deadline missed is reported in the phase's notes, never hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from fleetscore.deadletters import InMemoryReplayLog, days_between, list_letters
+from local.demo.stack import DemoConfig, Stack
+from local.demo.summary import PredictionsTable
+from shared.store import TableStore
+
+from .account import Account, Phase, settle
+from .faults import FaultProxy
+from .poison import OWN_DEVICES, REJECTED_DEVICES, PoisonSent, poison_verdict, send_poison
+from .traffic import SteadyTraffic
+
+__all__ = ["FULL", "QUICK", "ChaosReport", "ChaosRun", "Profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how hard: `FULL` for `make chaos`, `QUICK` for `make test`."""
+
+    devices: int = 10
+    speed: float = 300.0  # simulated seconds per real second
+    interval_s: float = 30.0  # simulated seconds between a device's readings
+    quiet_s: float = 10.0  # the baseline, and the calm after each fault
+    host_kills: int = 3
+    flaky_s: float = 45.0  # at least; until each fault has hit `flaky_hits` calls
+    flaky_hits: int = 10
+    share_503: float = 0.25
+    share_429: float = 0.25
+    outage_s: float = 120.0
+    storage_down_s: float = 5.0
+    hub_down_s: float = 5.0
+    drain_timeout_s: float = 300.0
+    longest_s: float = 1500.0  # the fleet's clock must not pass now before the run ends
+    ownership_expiration_s: float = 30.0  # how soon a killed host's partitions are taken
+
+
+FULL = Profile()
+QUICK = Profile(
+    devices=8,
+    quiet_s=3.0,
+    host_kills=2,
+    flaky_s=8.0,
+    flaky_hits=3,
+    outage_s=12.0,
+    storage_down_s=2.0,
+    hub_down_s=2.0,
+    drain_timeout_s=180.0,
+    longest_s=900.0,
+    ownership_expiration_s=8.0,
+)
+
+
+@dataclass
+class ChaosReport:
+    """Everything the run measured; `ok` is the verdict."""
+
+    account: Account
+    phases: list[Phase]
+    poison: dict[str, Any]
+    drained: bool
+    seconds: float
+    sender: dict[str, Any]
+    proxy: dict[str, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, duplicated or invented; poison handled; the pipeline drained."""
+        return self.account.ok and self.drained and bool(self.poison.get("ok"))
+
+
+class ChaosRun:
+    """One run: start the stack behind a fault proxy, inject faults, settle the books."""
+
+    def __init__(
+        self, config: DemoConfig, profile: Profile = FULL, *, out: TextIO | None = None
+    ) -> None:
+        """Nothing starts until `run()` (or `start()`)."""
+        self.profile = profile
+        self.proxy = FaultProxy(f"http://127.0.0.1:{config.ports.aml}")
+        self._config = config
+        self.stack: Stack | None = None
+        self.traffic: SteadyTraffic | None = None
+        self.phases: list[Phase] = []
+        self._out = out
+        self._started = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        """Start the proxy, the stack (Azurite on disk, AML through the proxy) and the fleet."""
+        self._started = time.monotonic()
+        self.proxy.start()
+        config = replace(
+            self._config,
+            azurite_on_disk=True,
+            aml_endpoint_url=self.proxy.score_url,
+            ownership_expiration=self.profile.ownership_expiration_s,
+        )
+        self.stack = Stack(config)
+        self.say(f"starting the stack (logs in {config.logs})")
+        self.stack.start()
+        p = self.profile
+        self.traffic = SteadyTraffic(
+            self.stack.ingest_url,
+            self.stack.function_key,
+            devices=p.devices,
+            speed=p.speed,
+            interval_s=p.interval_s,
+            longest_s=p.longest_s,
+        )
+        self.say(f"fleet: {p.devices} devices, {self.traffic.rate:g} readings/s offered")
+        self.traffic.start()
+        return self.stack
+
+    def close(self) -> None:
+        """Stop the fleet (if still sending), the stack and the proxy."""
+        if self.traffic is not None:
+            with contextlib.suppress(RuntimeError):
+                self.traffic.stop()
+        if self.stack is not None:
+            self.stack.stop()
+        self.proxy.stop()
+
+    def run(self) -> ChaosReport:
+        """Every fault in turn, then drain and settle (the stack stays up for probes)."""
+        stack, traffic, p = self._parts()
+        with self.phase("baseline"):
+            self.quiet(p.quiet_s)
+        for i in range(p.host_kills):
+            self.kill_score_host(stack.score_host_names[i % len(stack.score_host_names)])
+        self.aml_flaky()
+        self.aml_outage()
+        self.restart(
+            "azurite", "Azurite restarted (on-disk state)", kill=False, down_s=p.storage_down_s
+        )
+        self.restart(
+            "eventhubs", "Event Hubs emulator killed and restarted", kill=True, down_s=p.hub_down_s
+        )
+        sent = self.poison()
+        with self.phase("drain"):
+            sender = traffic.stop()
+            self.say(
+                f"fleet stopped: {sender.accepted:,} readings accepted, {sender.failed:,} gave up"
+            )
+            accepted = traffic.accepted()
+            table = PredictionsTable(stack.storage_connection)
+            try:
+                drained = self._wait(
+                    lambda: set(accepted) <= self._stored_keys(table), p.drain_timeout_s
+                )
+                rows = table.rows()
+            finally:
+                table.close()
+        letters = self.dead_letters()
+        own = {(r.device_id, r.row_key) for r in rows if r.device_id.startswith(OWN_DEVICES)}
+        verdict = poison_verdict(sent, letters, own)
+        account = settle(self.phases, accepted, rows, letters, own_devices=OWN_DEVICES)
+        return ChaosReport(
+            account=account,
+            phases=self.phases,
+            poison=verdict,
+            drained=drained,
+            seconds=round(time.monotonic() - self._started, 1),
+            sender={
+                "accepted": sender.accepted,
+                "failed": sender.failed,
+                "retries": sender.retries,
+                "requests": sender.requests,
+            },
+            proxy=self.proxy.counts(),
+        )
+
+    # --- the faults --------------------------------------------------------------------------
+
+    def kill_score_host(self, host: str) -> None:
+        """SIGKILL `host` while it runs a batch; the others take its partitions; restart it."""
+        stack, _, p = self._parts()
+        with self.phase(f"{host} killed mid-batch") as phase:
+            mid = self._wait(lambda: stack.in_flight(host), 15.0, poll=0.005)
+            stack.processes.kill(host)
+            phase.notes["mid_batch"] = mid
+            t0 = time.monotonic()
+            phase.notes["taken_over"] = stack.wait_balanced(timeout=60.0)
+            phase.notes["takeover_s"] = round(time.monotonic() - t0, 1)
+            stack.processes.start_again(host)
+            phase.notes["rebalanced"] = stack.wait_balanced(timeout=60.0)
+            self.say(
+                f"  killed {host} {'mid-batch' if mid else 'between batches'}; others held every "
+                f"partition after {phase.notes['takeover_s']} s; restarted"
+            )
+            self.quiet(p.quiet_s)
+
+    def aml_flaky(self) -> None:
+        """A share of scoring calls get 503, another share 429 with Retry-After."""
+        _, _, p = self._parts()
+        with self.phase("AML 503 / 429 Retry-After") as phase:
+            before = self.proxy.counts()
+            self.proxy.flaky(share_503=p.share_503, share_429=p.share_429, retry_after=1.0)
+            self.quiet(p.flaky_s)
+
+            def both_hit() -> bool:
+                now = _delta(before, self.proxy.counts())
+                return min(now.get("injected_503", 0), now.get("injected_429", 0)) >= p.flaky_hits
+
+            phase.notes["both_hit"] = self._wait(both_hit, 4 * p.flaky_s + 30.0, poll=0.2)
+            self.proxy.healthy()
+            phase.notes.update(_delta(before, self.proxy.counts()))
+            self.quiet(p.quiet_s)
+
+    def aml_outage(self) -> None:
+        """AML answers 503 to everything for `outage_s`; the hub holds the backlog meanwhile."""
+        stack, traffic, p = self._parts()
+        with self.phase("AML down (back-pressure)") as phase:
+            accepted_before = len(traffic.accepts.accepted_at)
+            failed_before = traffic.stats().failed
+            self.proxy.down()
+            self.quiet(p.outage_s)
+            accepted = traffic.accepted()
+            table = PredictionsTable(stack.storage_connection)
+            try:
+                backlog = set(accepted) - self._stored_keys(table)
+                self.proxy.healthy()
+                restored = time.monotonic()
+                phase.notes["accepted_while_down"] = len(accepted) - accepted_before
+                phase.notes["ingest_gave_up_while_down"] = traffic.stats().failed - failed_before
+                phase.notes["backlog"] = len(backlog)
+                resumed = self._wait(lambda: bool(backlog & self._stored_keys(table)), 120.0)
+                phase.notes["resumed_s"] = (
+                    round(time.monotonic() - restored, 1) if resumed else None
+                )
+                drained = self._wait(lambda: backlog <= self._stored_keys(table), p.drain_timeout_s)
+                took = time.monotonic() - restored
+            finally:
+                table.close()
+            phase.notes["drained"] = drained
+            phase.notes["drain_s"] = round(took, 1)
+            phase.notes["drain_readings_per_s"] = round(len(backlog) / took, 1) if drained else None
+            self.say(
+                f"  AML down {p.outage_s:g} s: ingest accepted "
+                f"{phase.notes['accepted_while_down']:,} readings meanwhile; "
+                f"backlog {len(backlog):,}; scoring resumed after "
+                f"{phase.notes['resumed_s']} s; drained in {took:.1f} s "
+                f"({phase.notes['drain_readings_per_s']} readings/s on top of new traffic)"
+            )
+            self.quiet(p.quiet_s)
+
+    def restart(self, service: str, title: str, *, kill: bool, down_s: float) -> None:
+        """Stop `service` (SIGTERM, or SIGKILL if `kill`), leave it down, start it again."""
+        stack, _, p = self._parts()
+        with self.phase(title) as phase:
+            if kill:
+                stack.processes.kill(service)
+            else:
+                stack.processes.stop([service])
+            self.quiet(down_s)
+            t0 = time.monotonic()
+            stack.processes.start_again(service)
+            phase.notes["restart_s"] = round(time.monotonic() - t0, 1)
+            phase.notes["rebalanced"] = stack.wait_balanced(timeout=60.0)
+            self.say(f"  {service} down {down_s:g} s, back after {phase.notes['restart_s']} s")
+            self.quiet(p.quiet_s)
+
+    def poison(self) -> PoisonSent:
+        """Send poison straight to the hub; wait until each has its dead letter."""
+        stack, _, p = self._parts()
+        with self.phase("poison in the stream") as phase:
+            self.proxy.reject_devices(REJECTED_DEVICES)
+            sent = send_poison(stack.eventhub_connection, stack.hub)
+            phase.notes["sent"] = list(sent.kinds)
+
+            def all_lettered() -> bool:
+                verdict = poison_verdict(sent, self.dead_letters(), set())
+                return all(verdict["dead_lettered"].values())
+
+            phase.notes["all_dead_lettered"] = self._wait(all_lettered, 60.0)
+            self.quiet(p.quiet_s)
+        return sent
+
+    # --- reading the stack -------------------------------------------------------------------
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter of the run's days."""
+        stack, _, _ = self._parts()
+        today = datetime.now(UTC).date()
+        days = days_between(today - timedelta(days=8), today)
+        with TableStore.from_connection_string(stack.storage_connection) as store:
+            return list_letters(store, InMemoryReplayLog(), days, limit=None)
+
+    @staticmethod
+    def _stored_keys(table: PredictionsTable) -> set[tuple[str, str]]:
+        return {(r.device_id, r.row_key) for r in table.rows()}
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[Phase]:
+        """Book what happens inside to a new phase (its window is wall-clock time)."""
+        phase = Phase(name, started=time.time())
+        self.phases.append(phase)
+        self.say(f"==> {name}")
+        try:
+            yield phase
+        finally:
+            phase.ended = time.time()
+
+    def quiet(self, seconds: float) -> None:
+        """Let the fleet send for `seconds`, failing fast if a process died."""
+        stack, traffic, _ = self._parts()
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            stack.processes.check_alive()
+            if traffic.fatal is not None:
+                raise RuntimeError(f"the fleet stopped: {traffic.fatal}")
+            time.sleep(min(left, 0.2))
+
+    def _wait(self, condition: Callable[[], bool], timeout: float, *, poll: float = 0.5) -> bool:
+        stack, _, _ = self._parts()
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            stack.processes.check_alive()
+            time.sleep(poll)
+        return True
+
+    def _parts(self) -> tuple[Stack, SteadyTraffic, Profile]:
+        if self.stack is None or self.traffic is None:
+            raise RuntimeError("start() the run first")
+        return self.stack, self.traffic, self.profile
+
+    def say(self, line: str) -> None:
+        """A progress line (flushed: this is long work)."""
+        if self._out is not None:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {
+        k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)
+    }
+
+
+def report_json(report: ChaosReport) -> str:
+    """The report as JSON (phases with their notes and books)."""
+    return json.dumps(
+        {
+            "ok": report.ok,
+            "seconds": report.seconds,
+            "phases": [vars(a) for a in report.account.phases],
+            "poison": report.poison,
+            "sender": report.sender,
+            "proxy": report.proxy,
+            **report.extra,
+        },
+        indent=2,
+        default=str,
+    )
