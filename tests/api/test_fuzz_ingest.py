@@ -24,8 +24,8 @@ from shared.readings import MAX_BODY_BYTES, MAX_METRICS, MAX_READINGS, format_ti
 from tests.api.conftest import KEY, fuzz_settings
 
 NOW = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
-FAST = fuzz_settings(200)  # the validator alone: cheap examples
-WIRE = fuzz_settings(60)  # over HTTP: a few ms each
+FAST = fuzz_settings(200, http=False)  # the validator alone: cheap examples
+WIRE = fuzz_settings(60, http=True)  # over HTTP: a few ms each
 
 # --- strategies ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from local.host.http import HttpHost
 from shared.query import _ANOMALY_PARAMS, _PREDICTION_PARAMS
 from tests.api.conftest import KEY, fuzz_settings
 
-WIRE = fuzz_settings(60)
+WIRE = fuzz_settings(60, http=True)
 
 values = (
     st.text(max_size=30)
