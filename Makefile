@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo eventhubs bench model model-serve model-report
+.PHONY: help setup test lint fmt unit clean demo chaos eventhubs bench model model-serve model-report
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,10 @@ SCORE_HOSTS ?= 2
 demo: setup ## The whole pipeline on this machine (DURATION=120 ends with a summary)
 	@echo "==> make demo: Azurite, Event Hubs emulator, azmlinfsrv, dashboard, 1 HTTP host, $(SCORE_HOSTS) score hosts; $(DEVICES) simulated devices$(if $(DURATION), for $(DURATION) s, until Ctrl-C)"
 	@$(PY) -m local.demo --devices $(DEVICES) --score-hosts $(SCORE_HOSTS) $(if $(DURATION),--duration $(DURATION))
+
+chaos: setup ## Faults, poison, security probes and 10k fuzz cases over the whole stack (~12 min)
+	@echo "==> make chaos: the stack under faults (score hosts killed, AML throttled and down, Azurite and Event Hubs restarted, poison), security probes, log scan, then fuzzing"
+	@$(PY) -m local.chaos $(if $(OUTAGE),--outage $(OUTAGE))
 
 clean: ## Remove caches (keeps .venv and node_modules)
 	@rm -rf .pytest_cache .ruff_cache __azurite_db_* __blobstorage__ __queuestorage__

@@ -88,8 +88,9 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, duplicated or invented; poison handled; the pipeline drained."""
-        return self.account.ok and self.drained and bool(self.poison.get("ok"))
+        """Nothing lost, duplicated or invented; only the poison dead-lettered; drained."""
+        only_poison = self.account.dead_lettered == len(self.poison.get("dead_lettered", {}))
+        return self.account.ok and self.drained and bool(self.poison.get("ok")) and only_poison
 
 
 class ChaosRun:
@@ -242,7 +243,8 @@ class ChaosRun:
             accepted = traffic.accepted()
             table = PredictionsTable(stack.storage_connection)
             try:
-                backlog = set(accepted) - self._stored_keys(table)
+                stored_before = self._stored_keys(table)
+                backlog = set(accepted) - stored_before
                 self.proxy.healthy()
                 restored = time.monotonic()
                 phase.notes["accepted_while_down"] = len(accepted) - accepted_before
@@ -252,19 +254,30 @@ class ChaosRun:
                 phase.notes["resumed_s"] = (
                     round(time.monotonic() - restored, 1) if resumed else None
                 )
-                drained = self._wait(lambda: backlog <= self._stored_keys(table), p.drain_timeout_s)
+                stored_after: set[tuple[str, str]] = set()
+
+                def backlog_stored() -> bool:
+                    stored_after.clear()
+                    stored_after.update(self._stored_keys(table))
+                    return backlog <= stored_after
+
+                drained = self._wait(backlog_stored, p.drain_timeout_s)
                 took = time.monotonic() - restored
             finally:
                 table.close()
             phase.notes["drained"] = drained
             phase.notes["drain_s"] = round(took, 1)
             phase.notes["drain_readings_per_s"] = round(len(backlog) / took, 1) if drained else None
+            phase.notes["stored_per_s_while_draining"] = round(
+                len(stored_after - stored_before) / took, 1
+            )
             self.say(
                 f"  AML down {p.outage_s:g} s: ingest accepted "
                 f"{phase.notes['accepted_while_down']:,} readings meanwhile; "
                 f"backlog {len(backlog):,}; scoring resumed after "
                 f"{phase.notes['resumed_s']} s; drained in {took:.1f} s "
-                f"({phase.notes['drain_readings_per_s']} readings/s on top of new traffic)"
+                f"(backlog {phase.notes['drain_readings_per_s']} readings/s on top of new traffic; "
+                f"{phase.notes['stored_per_s_while_draining']} stored/s in all)"
             )
             self.quiet(p.quiet_s)
 

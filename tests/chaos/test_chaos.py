@@ -1,0 +1,126 @@
+"""`make chaos`, short: the whole stack under every fault in turn, then the books settled.
+
+One run of the quick profile (about two minutes) is shared by the module's tests: score hosts
+killed with SIGKILL mid-batch, AML 503/429 and a full outage through the fault proxy, Azurite
+restarted on its on-disk state, the Event Hubs emulator killed and restarted, poison sent
+straight to the hub. Each test then checks one promise against what the run recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import pytest
+
+from local.chaos.__main__ import main as chaos_main
+from local.chaos.run import QUICK, ChaosReport, ChaosRun
+from local.chaos.security import scan_logs, stack_secrets
+from local.demo import DemoConfig, Ports, Stack
+from local.demo.processes import free_ports
+
+pytestmark = [pytest.mark.stack, pytest.mark.azurite]
+
+
+@dataclass
+class Done:
+    report: ChaosReport
+    stack: Stack
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Done:
+    ports = Ports(*free_ports(len(fields(Ports))))
+    config = DemoConfig(ports=ports, workdir=tmp_path_factory.mktemp("chaos"), score_hosts=2)
+    run = ChaosRun(config, QUICK)
+    try:
+        stack = run.start()
+        report = run.run()
+    finally:
+        run.close()
+    return Done(report, stack)
+
+
+def _phase(done: Done, start: str):
+    return next(p for p in done.report.account.phases if p.name.startswith(start))
+
+
+def test_every_accepted_reading_is_stored_exactly_once_through_every_fault(done):
+    account = done.report.account
+    assert account.accepted > 1000
+    assert done.report.drained
+    for phase in account.phases:
+        assert phase.missing == 0, (phase.name, account.missing_sample)
+        assert phase.duplicated == 0, phase.name
+        assert phase.stored == phase.accepted, phase.name
+    assert account.unexpected == 0  # no prediction for a reading that was not accepted
+    assert done.report.sender["failed"] == 0  # the fleet never gave up on a reading
+
+
+def test_score_hosts_were_killed_mid_batch_and_the_other_took_over(done):
+    kills = [p for p in done.report.account.phases if "killed mid-batch" in p.name]
+    assert len(kills) == QUICK.host_kills
+    for phase in kills:
+        assert phase.notes["mid_batch"], phase.name
+        assert phase.notes["taken_over"], phase.name
+        assert phase.notes["rebalanced"], phase.name
+        assert phase.accepted > 0
+
+
+def test_aml_throttling_and_errors_hit_real_calls_and_nothing_was_dead_lettered(done):
+    phase = _phase(done, "AML 503")
+    assert phase.notes["both_hit"]
+    assert phase.notes["injected_503"] >= QUICK.flaky_hits
+    assert phase.notes["injected_429"] >= QUICK.flaky_hits
+    assert phase.dead_lettered == 0  # transient answers are retried, never dead-lettered
+
+
+def test_with_aml_down_ingest_keeps_accepting_and_the_backlog_drains_by_itself(done):
+    notes = _phase(done, "AML down").notes
+    assert notes["accepted_while_down"] > 0
+    assert notes["ingest_gave_up_while_down"] == 0
+    assert notes["backlog"] > 0
+    assert notes["resumed_s"] is not None
+    assert notes["drained"]
+    assert notes["drain_readings_per_s"] > 0
+
+
+def test_storage_and_event_hubs_restarts_lose_nothing(done):
+    for start in ("Azurite restarted", "Event Hubs emulator killed"):
+        phase = _phase(done, start)
+        assert phase.notes["rebalanced"], start
+        assert phase.accepted > 0, start
+        assert phase.missing == 0, start
+
+
+def test_each_poison_is_dead_lettered_with_its_reason_and_its_neighbours_are_stored(done):
+    poison = done.report.poison
+    assert poison["dead_lettered"] == {
+        "not JSON": True,
+        "wrong schema version": True,
+        "model rejects the reading": True,
+        "huge event": True,
+    }
+    assert "not JSON" in poison["reasons"]["not JSON"]
+    assert "unsupported schema 2" in poison["reasons"]["wrong schema version"]
+    assert "devices[0].readings" in poison["reasons"]["model rejects the reading"]
+    assert "readings[0].metrics.temperature" in poison["reasons"]["huge event"]
+    assert poison["neighbours_stored"] == poison["neighbours"] == 6
+    # Only the poison: no fault above made a dead letter of good data.
+    assert done.report.account.dead_lettered == 4
+    assert done.report.ok
+
+
+def test_no_log_of_the_whole_run_holds_a_secret(done):
+    logs = sorted(done.stack.config.logs.glob("*.log"))
+    assert len(logs) >= 7
+    assert scan_logs(logs, stack_secrets(done.stack)) == []
+
+
+def test_chaos_help_names_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        chaos_main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--quick", "--outage", "--devices", "--fuzz-examples", "--no-fuzz", "--workdir"):
+        assert flag in out
+    assert "CHAOS" in out
