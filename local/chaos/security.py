@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import re
 import secrets as _secrets
@@ -23,7 +22,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -33,6 +32,8 @@ from azure.eventhub.exceptions import AuthenticationError, EventHubError
 
 from local.demo.stack import Stack
 from shared.readings import MAX_BODY_BYTES, format_timestamp
+
+from .probing import Answer, Leak, Probe, Tally, send_raw
 
 __all__ = [
     "Leak",
@@ -50,7 +51,6 @@ __all__ = [
     "stack_secrets",
 ]
 
-_TIMEOUT = 10.0  # seconds for an ordinary request
 _PROMPT = 5.0  # a refusal before the body is sent must come within this
 _PROBE_DEVICE = "chaos-probe-0001"  # a valid id no fleet uses: its rows would be ours
 _HEADERS_END = b"\r\n\r\n"
@@ -60,62 +60,6 @@ _KEY_FIELD = re.compile(r"\b(SharedAccessKey|AccountKey|sig)=(?!\*+(?:[;&\s\"']|
 _REDACTED = frozenset({"[redacted]", "<redacted>", "redacted", "REDACTED"})
 
 Seen = list[str]  # every answer received, as text, for `probe_error_bodies`
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One probe's verdict: `detail` says what was sent and what came back, never a secret."""
-
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class Leak:
-    """A log line holding a secret: `what` names the secret (or the field), never its value."""
-
-    path: Path
-    line_number: int
-    what: str
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int  # 0: no answer (see `error`)
-    headers: list[tuple[str, str]]
-    body: bytes
-    seconds: float
-    error: str = ""
-
-    @property
-    def shown(self) -> str:
-        return str(self.status) if self.status else f"no answer ({self.error})"
-
-    def text(self) -> str:
-        head = "\n".join(f"{k}: {v}" for k, v in self.headers)
-        return f"{self.status}\n{head}\n\n{self.body.decode('utf-8', 'replace')}"
-
-
-@dataclass
-class _Tally:
-    """What a probe checked and what failed; becomes its `Probe`."""
-
-    name: str
-    checked: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def expect(self, said: str, answer: _Answer, status: int) -> None:
-        said = f"{said} -> {answer.shown}"
-        if answer.status == status:
-            self.checked.append(said)
-        else:
-            self.failures.append(f"{said}, expected {status}")
-
-    def probe(self) -> Probe:
-        if self.failures:
-            return Probe(self.name, False, "; ".join(self.failures))
-        return Probe(self.name, True, "; ".join(self.checked))
 
 
 # --- the run's secrets ----------------------------------------------------------------------
@@ -156,63 +100,6 @@ def _setting(stack: Stack, name: str) -> str:
     return str(json.loads(stack.settings_path.read_text())["Values"][name])
 
 
-# --- HTTP without a client that tidies the request up ---------------------------------------
-
-
-def _request(
-    url: str,
-    method: str,
-    target: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | Iterable[bytes] | None = None,
-    chunked: bool = False,
-    timeout: float = _TIMEOUT,
-) -> _Answer:
-    """Send `target` byte for byte (no dot-segment removal, no re-encoding) and read the answer."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    started = time.monotonic()
-    try:
-        return _exchange(conn, method, target, headers or {}, body, chunked=chunked)
-    except (OSError, http.client.HTTPException) as exc:  # TimeoutError included
-        return _Answer(0, [], b"", time.monotonic() - started, type(exc).__name__)
-    finally:
-        conn.close()
-
-
-def _exchange(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    headers: Mapping[str, str],
-    body: bytes | Iterable[bytes] | None,
-    *,
-    chunked: bool,
-) -> _Answer:
-    started = time.monotonic()
-    conn.putrequest(method, target, skip_accept_encoding=True)
-    for key, value in headers.items():
-        conn.putheader(key, value)
-    if chunked:
-        conn.putheader("Transfer-Encoding", "chunked")
-    elif isinstance(body, bytes):
-        conn.putheader("Content-Length", str(len(body)))
-    conn.endheaders()
-    try:
-        if chunked and body is not None:
-            for chunk in body:
-                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            conn.send(b"0\r\n\r\n")
-        elif isinstance(body, bytes):
-            conn.send(body)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the server answered early and closed: its answer is still readable
-    response = conn.getresponse()
-    data = response.read()
-    return _Answer(response.status, response.getheaders(), data, time.monotonic() - started)
-
-
 def _reading(device_id: str = _PROBE_DEVICE) -> bytes:
     stamp = format_timestamp(datetime.now(UTC) - timedelta(seconds=30))
     doc = {"device_id": device_id, "timestamp": stamp, "metrics": {"temperature_c": 70.5}}
@@ -229,7 +116,7 @@ def _wrong_key() -> str:
 def probe_ingest_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
     """`POST /api/readings` with a valid body and no key, a wrong key, a near-miss: all 401."""
     seen = [] if seen is None else seen
-    tally = _Tally("ingest refuses requests without the function key")
+    tally = Tally("ingest refuses requests without the function key")
     key, path = stack.function_key, urlsplit(stack.ingest_url).path
     json_type = {"Content-Type": "application/json"}
     for what, target, headers in [
@@ -240,7 +127,7 @@ def probe_ingest_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
         ("the key minus its last character", path, {**json_type, "x-functions-key": key[:-1]}),
         ("the key plus one character as ?code=", f"{path}?code={key}x", json_type),
     ]:
-        answer = _request(stack.api_url, "POST", target, headers=headers, body=_reading())
+        answer = send_raw(stack.api_url, "POST", target, headers=headers, body=_reading())
         seen.append(answer.text())
         tally.expect(f"POST {path} with {what}", answer, 401)
         if key.encode() in answer.body:
@@ -251,7 +138,7 @@ def probe_ingest_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
 def probe_query_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
     """Both query routes (`function.json`: `{collection}/{device_id?}/{view?}`) need the key."""
     seen = [] if seen is None else seen
-    tally = _Tally("query refuses requests without the function key")
+    tally = Tally("query refuses requests without the function key")
     base = urlsplit(stack.api_url).path
     for target in [f"{base}/devices/{_PROBE_DEVICE}/predictions", f"{base}/anomalies"]:
         for what, suffix, headers in [
@@ -259,7 +146,7 @@ def probe_query_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
             ("a wrong x-functions-key", "", {"x-functions-key": _wrong_key()}),
             ("a wrong ?code=", f"?code={_wrong_key()}", {}),
         ]:
-            answer = _request(stack.api_url, "GET", target + suffix, headers=headers)
+            answer = send_raw(stack.api_url, "GET", target + suffix, headers=headers)
             seen.append(answer.text())
             tally.expect(f"GET {target} with {what}", answer, 401)
     return tally.probe()
@@ -388,12 +275,12 @@ def probe_query_injection(stack: Stack, *, seen: Seen | None = None) -> Probe:
     router does not match may be a 404. A 200 (rows of some device) or any 5xx is a failure.
     """
     seen = [] if seen is None else seen
-    tally = _Tally("query refuses injection and path tricks")
+    tally = Tally("query refuses injection and path tricks")
     base = urlsplit(stack.api_url).path
     key = {"x-functions-key": stack.function_key}
     tricks = [*_device_tricks(), *_param_tricks()]
     for trick in tricks:
-        answer = _request(stack.api_url, "GET", base + trick.target, headers=key)
+        answer = send_raw(stack.api_url, "GET", base + trick.target, headers=key)
         seen.append(answer.text())
         if problem := _injection_problem(trick, answer):
             tally.failures.append(f"{trick.what} -> {answer.shown}: {problem}")
@@ -404,7 +291,7 @@ def probe_query_injection(stack: Stack, *, seen: Seen | None = None) -> Probe:
     return tally.probe()
 
 
-def _injection_problem(trick: _Trick, answer: _Answer) -> str:
+def _injection_problem(trick: _Trick, answer: Answer) -> str:
     body = answer.body.decode("utf-8", "replace")
     if answer.status >= 500:
         return f"a server error: {body[:200]!r}"
@@ -460,7 +347,7 @@ def probe_declared_oversize(stack: Stack, *, seen: Seen | None = None) -> Probe:
 def probe_oversized_bodies(stack: Stack, *, seen: Seen | None = None) -> Probe:
     """Bodies over the 1 MiB ingest limit, chunked or with their length, are answered 413."""
     seen = [] if seen is None else seen
-    tally = _Tally("ingest refuses bodies over 1 MiB")
+    tally = Tally("ingest refuses bodies over 1 MiB")
     path = urlsplit(stack.ingest_url).path
     key = {"Content-Type": "application/json", "x-functions-key": stack.function_key}
     half = b" " * (MAX_BODY_BYTES // 2 + 1)
@@ -468,7 +355,7 @@ def probe_oversized_bodies(stack: Stack, *, seen: Seen | None = None) -> Probe:
         ("a chunked body of 1 MiB + 2 bytes", [half, half], True),
         ("a 1 MiB + 1 byte body with its Content-Length", b" " * (MAX_BODY_BYTES + 1), False),
     ]:
-        answer = _request(stack.api_url, "POST", path, headers=key, body=body, chunked=chunked)
+        answer = send_raw(stack.api_url, "POST", path, headers=key, body=body, chunked=chunked)
         seen.append(answer.text())
         tally.expect(f"POST {path} with the key and {what} ({answer.seconds:.2f} s)", answer, 413)
     return tally.probe()
@@ -549,7 +436,7 @@ def probe_dashboard_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
     too (and must not reach the dashboard's log: `scan_logs` looks).
     """
     seen = [] if seen is None else seen
-    tally = _Tally("dashboard refuses rows without its key")
+    tally = Tally("dashboard refuses rows without its key")
     key = _setting(stack, "POWERBI_ACCESS_TOKEN")
     device = f"chaos-probe-{_secrets.token_hex(4)}"
     window = format_timestamp(datetime.now(UTC).replace(second=0, microsecond=0))
@@ -577,7 +464,7 @@ def probe_dashboard_keys(stack: Stack, *, seen: Seen | None = None) -> Probe:
         ("push URL, ?key=<wrong>", f"{push}?key={_wrong_key()}", plain, bare, 403),
         ("push URL, the key as a bearer token", push, auth(f"Bearer {key}"), bare, 403),
     ]:
-        answer = _request(stack.dashboard_url, "POST", target, headers=headers, body=body)
+        answer = send_raw(stack.dashboard_url, "POST", target, headers=headers, body=body)
         seen.append(answer.text())
         tally.expect(what, answer, status)
     if stored := _dashboard_rows(stack.dashboard_db, device):

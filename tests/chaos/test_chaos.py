@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields
 
 import pytest
 
-from local.chaos.__main__ import main as chaos_main
 from local.chaos.run import QUICK, ChaosReport, ChaosRun
 from local.chaos.security import scan_logs, stack_secrets
 from local.demo import DemoConfig, Ports, Stack
@@ -114,13 +113,3 @@ def test_no_log_of_the_whole_run_holds_a_secret(done):
     logs = sorted(done.stack.config.logs.glob("*.log"))
     assert len(logs) >= 7
     assert scan_logs(logs, stack_secrets(done.stack)) == []
-
-
-def test_chaos_help_names_its_options(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        chaos_main(["--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    for flag in ("--quick", "--outage", "--devices", "--fuzz-examples", "--no-fuzz", "--workdir"):
-        assert flag in out
-    assert "CHAOS" in out
