@@ -5,7 +5,8 @@ ingest limits), over at most `max_connections` concurrent connections (one worke
 pooled `requests.Session` each). Transient answers (429/503 with `Retry-After`, 502/504,
 connection errors, timeouts) are retried with exponential backoff and full jitter; a 400 is a
 rejection and is never retried; 401/403/404/413/415 mean the configuration is wrong, so the
-client stops sending and reports it.
+client stops sending and reports it. `cancel()` stops it too (Ctrl-C, a deadline) without
+blaming the configuration.
 
 Accounting is keyed by reading identity `(device_id, timestamp)`: the ingest is idempotent by
 identity, so a batch whose 202 was lost on the way back is resent and its readings still count
@@ -93,9 +94,10 @@ class ClientStats:
     readings refused with a 400 (a bug somewhere); `bad_rejected` counts corrupt readings
     refused as expected; `bad_accepted` counts corrupt readings the server took (a validation
     hole); `failed` counts readings given up on (retries exhausted, or not sent after a fatal
-    answer); `duplicate_acks` counts readings whose identity had been accepted before (the
-    same reading submitted twice; a resend after a lost 202 is not one, as the lost answer was
-    never counted); `last_error` names the most recent transient problem, for the summary.
+    answer or a `cancel()`); `duplicate_acks` counts readings whose identity had been accepted
+    before (the same reading submitted twice; a resend after a lost 202 is not one, as the lost
+    answer was never counted); `last_error` names the most recent transient problem, for the
+    summary.
     """
 
     requests: int
@@ -187,7 +189,8 @@ class IngestClient:
         linger_s: Seconds a partial batch may wait for more readings before it goes out.
         session_factory: Builds a session per worker (a seam for tests).
         clock: Monotonic seconds.
-        sleep: Sleeps for backoff and pacing.
+        sleep: Sleeps for backoff and pacing. Left as `time.sleep`, the sleeps wait on the
+            cancel event instead, so `cancel()` cuts a long `Retry-After` short.
         rng: Jitter and corruption choices; seed it for reproducible runs.
     """
 
@@ -222,9 +225,10 @@ class IngestClient:
         self.linger_s = linger_s
         self._headers = {"x-functions-key": key, "Content-Type": "application/json"}
         self._session_factory, self._clock, self._sleep = session_factory, clock, sleep
+        self._cancelled = threading.Event()
         self._rng = rng or random.Random(0)
         self._rng_lock = threading.Lock()
-        self._pacer = _Pacer(rate, batch_size, clock, sleep)
+        self._pacer = _Pacer(rate, batch_size, clock, self._pause)
         self._pool = ThreadPoolExecutor(max_connections, thread_name_prefix="ingest-client")
         # Bounds queued batches so a fast fleet waits for the network instead of eating memory.
         self._slots = threading.BoundedSemaphore(max_connections * 2)
@@ -251,6 +255,22 @@ class IngestClient:
     def fatal(self) -> str | None:
         """The configuration error that stopped the client, if any."""
         return self._fatal
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel()` was called."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop sending: no new attempt is made, and readings not sent count as `failed`.
+
+        Safe from any thread (a watchdog's, or the one that caught Ctrl-C). A request
+        already on the wire finishes (its answer still counts); a backoff or pacing wait ends
+        at once when the default `time.sleep` is in use. Unlike a fatal answer this says
+        nothing about the configuration, so `fatal` stays unset. `flush()` and `close()` then
+        return promptly.
+        """
+        self._cancelled.set()
 
     def submit(self, readings: Iterable[dict[str, Any]]) -> None:
         """Queue readings; full batches go out now, blocking while connections or rate are busy.
@@ -377,8 +397,19 @@ class IngestClient:
         if not any(self._pending.values()):
             self._pending_since = None
 
+    def _stopped(self) -> bool:
+        """Whether no new attempt may be made: a fatal answer or a `cancel()`."""
+        return self._fatal is not None or self._cancelled.is_set()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by `cancel()` unless a test injected its own sleep."""
+        if self._sleep is time.sleep:
+            self._cancelled.wait(seconds)
+        else:
+            self._sleep(seconds)
+
     def _dispatch(self, batch: list[dict[str, Any]], expect_bad: bool) -> None:
-        if self._fatal is not None:
+        if self._stopped():
             self._count("failed", len(batch))
             return
         self._pacer.acquire(len(batch))
@@ -408,7 +439,7 @@ class IngestClient:
     def _send(self, batch: list[dict[str, Any]], expect_bad: bool) -> None:
         body = json.dumps({"readings": batch}, separators=(",", ":")).encode()
         for attempt in range(self.max_retries + 1):
-            if self._fatal is not None:
+            if self._stopped():
                 self._count("failed", len(batch))
                 return
             if attempt:
@@ -443,7 +474,7 @@ class IngestClient:
                 retry_after = _parse_retry_after(response.headers.get("Retry-After"))
                 self._last_error = f"HTTP {status} from {self.url}"
             if attempt < self.max_retries:
-                self._sleep(self._delay(attempt, retry_after))
+                self._pause(self._delay(attempt, retry_after))
         self._count("failed", len(batch))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:

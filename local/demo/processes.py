@@ -204,9 +204,19 @@ class ProcessGroup:
             self._wait_healthy(running)
 
     def start_again(self, name: str) -> None:
-        """Start a service that was stopped or killed, with its first settings; log appended."""
-        if any(r.service.name == name for r in self._running):
+        """Start a service that was stopped, killed or has exited, with its first settings.
+
+        Its log is appended to. One that exited on its own is still listed; it is dropped from
+        the list first, so it is not stopped (or counted) twice.
+
+        Raises:
+            ServiceError: `name` was never started, or is still running.
+        """
+        if name not in self._known:
+            raise ServiceError(f"{name} was never started")
+        if self.is_running(name):
             raise ServiceError(f"{name} is still running")
+        self._running = [r for r in self._running if r.service.name != name]
         self.start([self._known[name]], append=True)
 
     def kill(self, name: str) -> bool:
@@ -217,11 +227,14 @@ class ProcessGroup:
         """
         chosen = [r for r in self._running if r.service.name == name]
         alive = any(r.proc.poll() is None for r in chosen)
-        for running in chosen:
-            _signal(running.proc, signal.SIGKILL)
-            running.proc.wait(timeout=10)
-            log.info("killed %s (pid %d)", name, running.proc.pid)
-        self._running = [r for r in self._running if r not in chosen]
+        try:
+            for running in chosen:
+                _signal(running.proc, signal.SIGKILL)
+                running.proc.wait(timeout=10)
+                log.info("killed %s (pid %d)", name, running.proc.pid)
+        finally:
+            # Even if a wait times out, the entry goes: a later start_again must not refuse.
+            self._running = [r for r in self._running if r not in chosen]
         return alive
 
     def is_running(self, name: str) -> bool:
@@ -298,7 +311,11 @@ class ProcessGroup:
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    if proc.poll() is not None:
-        return
-    with suppress(ProcessLookupError):
+    """Signal `proc`'s whole process group, even if the leader has exited.
+
+    Children of an exited leader may still run in the group, so the leader's exit is no reason
+    to skip it. A group that is gone (ProcessLookupError) or whose pgid now belongs to another
+    user's processes (PermissionError, after reuse) is left alone.
+    """
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)

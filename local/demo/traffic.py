@@ -49,6 +49,11 @@ class AcceptLog:
             for key in keys:
                 self.accepted_at.setdefault(key, now)
 
+    def snapshot(self) -> dict[Identity, float]:
+        """A copy of `accepted_at` taken under the lock (the client's threads write to it)."""
+        with self._lock:
+            return dict(self.accepted_at)
+
     def session_factory(self) -> requests.Session:
         """A `requests.Session` whose acknowledged POSTs are noted here."""
         accept_log = self
@@ -134,6 +139,6 @@ class FleetRun:
             exit_code=code if stats.fatal is None else EXIT_FATAL,
             sent=stats.submitted,
             accepted=stats.accepted,
-            accepted_at=dict(self.accepts.accepted_at),
+            accepted_at=self.accepts.snapshot(),
             fatal=stats.fatal,
         )

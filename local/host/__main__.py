@@ -173,14 +173,17 @@ def _body_limit(given: int | None) -> int:
     """The command line's limit, else the app setting Azure's host reads, else 100 MB.
 
     Raises:
-        AppConfigError: the setting is not a positive whole number.
+        AppConfigError: the flag or the setting is not a positive whole number.
     """
     if given is not None:
+        if given < 1:
+            raise AppConfigError(f"--max-request-body-bytes must be at least 1, got {given}")
         return given
     value = os.environ.get(BODY_LIMIT_VARIABLE, "").strip()
     if not value:
         return DEFAULT_MAX_REQUEST_BODY_BYTES
-    if not value.isdigit() or int(value) < 1:
+    # isdecimal, not isdigit: "²".isdigit() is True but int("²") raises; ASCII, as Azure reads it.
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
         raise AppConfigError(f"{BODY_LIMIT_VARIABLE} must be a positive number of bytes: {value!r}")
     return int(value)
 

@@ -246,7 +246,8 @@ def test_faultproxy_stop_is_prompt_with_open_keepalive(upstream, session):
     assert session.get(p.url + "/").status_code == 200  # leaves a pooled connection open
     started = time.monotonic()
     p.stop()
-    assert time.monotonic() - started < 2.0
+    # close_connections(timeout=2.0) may spend its whole 2 s by design; 5 s still means prompt.
+    assert time.monotonic() - started < 5.0
     p.stop()  # idempotent
     with pytest.raises(requests.ConnectionError):
         session.get(p.url + "/")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+from contextlib import suppress
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +24,8 @@ from local.demo.processes import (
     free_port,
 )
 from local.demo.summary import PredictionRow, summarize
+from local.demo.traffic import AcceptLog
+from tests.support.waiting import wait_until
 
 
 def test_check_ports_free_names_a_taken_port_and_what_it_was_for():
@@ -52,6 +59,119 @@ def test_a_service_that_never_gets_healthy_is_stopped_after_its_deadline(tmp_pat
     with pytest.raises(ServiceError, match=r"(?s)slow was not healthy within 0.5s.*waiting"):
         group.start([slow])
     assert group.stop_all(grace=5) == ["slow"]
+
+
+def test_accept_log_snapshot_is_a_copy_of_the_first_accept_times():
+    times = iter([100.0, 101.0])
+    accepts = AcceptLog(clock=lambda: next(times))
+    reading = {"device_id": "pump-0000", "timestamp": "2026-11-27T07:00:00.000Z", "metrics": {}}
+    accepts.note(json.dumps({"readings": [reading]}).encode())
+    snapshot = accepts.snapshot()
+    accepts.note(json.dumps({"readings": [reading, {**reading, "device_id": "fan-1"}]}).encode())
+    assert snapshot == {("pump-0000", "20261127T070000.000Z"): 100.0}
+    assert accepts.snapshot() == {
+        ("pump-0000", "20261127T070000.000Z"): 100.0,  # the first 202 wins
+        ("fan-1", "20261127T070000.000Z"): 101.0,
+    }
+
+
+# The services below run `before`, create the file argv[1] (their ready probe), then wait until
+# the file argv[2] exists (forever without one) and exit: each step is the test's to trigger.
+_SERVICE = """
+import os, pathlib, subprocess, sys, threading
+{before}
+pathlib.Path(sys.argv[1]).touch()
+if len(sys.argv) < 3:
+    threading.Event().wait()
+while not pathlib.Path(sys.argv[2]).exists():
+    threading.Event().wait(0.01)
+"""
+
+
+def _file_service(name: str, up: Path, *, before: str = "", until: Path | None = None) -> Service:
+    argv = [sys.executable, "-c", _SERVICE.format(before=before), str(up)]
+    return Service(name, argv + ([str(until)] if until else []), ready=up.exists, timeout=10)
+
+
+def test_start_again_restarts_a_service_that_exited_on_its_own(tmp_path):
+    group = ProcessGroup(tmp_path / "logs")
+    up, release = tmp_path / "up", tmp_path / "release"
+    group.start([_file_service("once", up, before="print('life')", until=release)])
+    release.touch()
+    assert wait_until(lambda: not group.is_running("once"))
+    assert group.names == ["once"]  # exited, but still listed
+    up.unlink()
+    release.unlink()
+    group.start_again("once")
+    assert group.names == ["once"]  # listed once, not twice
+    assert group.is_running("once")
+    assert group.log_path("once").read_text().count("life") == 2
+    assert group.stop_all(grace=5) == ["once"]
+
+
+def test_start_again_refuses_a_running_or_unknown_service(tmp_path):
+    group = ProcessGroup(tmp_path / "logs")
+    group.start([_file_service("hang", tmp_path / "up")])
+    with pytest.raises(ServiceError, match="hang is still running"):
+        group.start_again("hang")
+    with pytest.raises(ServiceError, match="ghost was never started"):
+        group.start_again("ghost")
+    assert group.stop_all(grace=5) == ["hang"]
+
+
+def test_kill_forgets_the_service_even_if_the_wait_fails(tmp_path, monkeypatch):
+    group = ProcessGroup(tmp_path / "logs")
+    group.start([_file_service("stuck", tmp_path / "up")])
+    proc = group._running[0].proc
+    real_wait = proc.wait
+
+    def wait_that_times_out(timeout: float | None = None) -> int:
+        raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+
+    monkeypatch.setattr(proc, "wait", wait_that_times_out)
+    with pytest.raises(subprocess.TimeoutExpired):
+        group.kill("stuck")
+    assert group.names == []
+    monkeypatch.setattr(proc, "wait", real_wait)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+
+
+_CHILD = (
+    "import os, pathlib, sys, threading; p = pathlib.Path(sys.argv[1]); "
+    "t = p.with_suffix('.tmp'); t.write_text(str(os.getpid())); t.rename(p); "
+    "threading.Event().wait()"
+)
+
+
+def test_stop_signals_the_children_of_a_leader_that_has_exited(tmp_path):
+    group = ProcessGroup(tmp_path / "logs")
+    pid_file, release = tmp_path / "child.pid", tmp_path / "release"
+    # The leader starts a child (in its process group), then exits; the child keeps running.
+    before = (
+        f"subprocess.Popen([sys.executable, '-c', {_CHILD!r}, {str(pid_file)!r}])\n"
+        f"while not pathlib.Path({str(pid_file)!r}).exists():\n"
+        "    threading.Event().wait(0.01)"
+    )
+    group.start([_file_service("parent", tmp_path / "up", before=before, until=release)])
+    pid = int(pid_file.read_text())
+    try:
+        release.touch()
+        assert wait_until(lambda: not group.is_running("parent"))
+        assert _alive(pid)
+        assert group.stop(["parent"], grace=5) == []  # the leader had exited ...
+        assert wait_until(lambda: not _alive(pid))  # ... but its group was still signalled
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone: it is only waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def row(device: str, key: str, ts: str, written: float, anomaly: bool = False) -> PredictionRow:

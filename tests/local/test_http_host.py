@@ -652,6 +652,11 @@ def test_the_body_limit_comes_from_the_flag_then_azures_setting_then_100_mb(monk
     monkeypatch.setenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", "1048576")
     assert _body_limit(None) == 1_048_576
     assert _body_limit(5000) == 5000
-    monkeypatch.setenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", "1MB")
-    with pytest.raises(AppConfigError, match="FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"):
-        _body_limit(None)
+    for bad in ("1MB", "²", "0", "-5", "1.5", "١٢"):
+        monkeypatch.setenv("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", bad)
+        with pytest.raises(AppConfigError, match="FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"):
+            _body_limit(None)
+    for bad_flag in (0, -1):
+        with pytest.raises(AppConfigError, match="--max-request-body-bytes"):
+            _body_limit(bad_flag)
+    assert _body_limit(1) == 1

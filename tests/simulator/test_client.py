@@ -50,9 +50,12 @@ class FakeIngest:
     `stored` counts every identity the server accepted, so a resend shows up as a count of 2.
     """
 
-    def __init__(self, script: list[str] | None = None, key: str = KEY) -> None:
+    def __init__(
+        self, script: list[str] | None = None, key: str = KEY, *, retry_after: str = "0.01"
+    ) -> None:
         self.script = list(script or [])
         self.key = key
+        self.retry_after = retry_after
         self.stored: Counter[tuple[str, str]] = Counter()
         self.requests = 0
         self.largest = 0
@@ -74,7 +77,7 @@ class FakeIngest:
                 if self.headers.get("x-functions-key") != fake.key:
                     return self.answer(401, b"")
                 if action in ("429", "503"):
-                    return self.answer(int(action), b"{}", {"Retry-After": "0.01"})
+                    return self.answer(int(action), b"{}", {"Retry-After": fake.retry_after})
                 readings = json.loads(body)["readings"]
                 if not all(is_valid(r) for r in readings):
                     return self.answer(400, b'{"error": "validation"}')
@@ -264,6 +267,26 @@ def test_client_gives_up_after_max_retries_and_reports_failure():
             client.flush()
             stats = client.stats()
     assert (stats.accepted, stats.failed, stats.retries, stats.requests) == (0, 10, 3, 4)
+    assert not stats.ok
+
+
+def test_client_cancel_cuts_a_long_retry_after_short_and_counts_unsent_as_failed():
+    with FakeIngest(["503"] * 100, retry_after="300") as server:
+        client = client_for(server.url, batch_size=5, max_connections=2, max_retries=8)
+        client.submit(make_readings(1, 12))  # two full batches go out now, two readings wait
+        assert wait_until(lambda: server.requests == 2)  # both answered 503, both backing off
+        flushing = threading.Thread(target=client.flush)
+        flushing.start()
+        client.cancel()
+        flushing.join(timeout=5)
+        assert not flushing.is_alive()  # not the 300 s Retry-After
+        client.submit(make_readings(2, 1))  # after cancel nothing more goes out
+        client.flush()
+        client.close()
+        stats = client.stats()
+    assert server.requests == 2  # no attempt after the cancel
+    assert (stats.submitted, stats.failed, stats.accepted, stats.retries) == (14, 14, 0, 0)
+    assert (stats.fatal, client.fatal, client.cancelled) == (None, None, True)
     assert not stats.ok
 
 
