@@ -24,10 +24,12 @@ from local.demo.stack import ROOT, DemoConfig, Ports
 
 from .account import chaos_line
 from .fuzz import CHAOS_EXAMPLES, CHAOS_HTTP_EXAMPLES, FuzzResult, run_fuzz
-from .run import FULL, QUICK, ChaosReport, ChaosRun, report_json
+from .report import ChaosReport, report_json
+from .run import FULL, QUICK, ChaosRun
 from .security import Leak, Probe, probe_all, scan_logs, stack_secrets
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+FUZZ_TIMEOUT_S = 420.0  # ~2.5 min measured; past this the fuzz stage fails rather than drags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         profile = replace(profile, outage_s=args.outage)
     if args.devices is not None:
         profile = replace(profile, devices=args.devices)
-    config = DemoConfig(ports=Ports(*free_ports(len(fields(Ports)))), workdir=args.workdir)
+    *ports, proxy_port = free_ports(len(fields(Ports)) + 1)  # one pick: no port twice
+    config = DemoConfig(ports=Ports(*ports), workdir=args.workdir)
     config.logs.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=config.logs / "chaos.log",
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     )
     logging.getLogger("azure").setLevel(logging.WARNING)
 
-    run = ChaosRun(config, profile, out=out)
+    run = ChaosRun(config, profile, out=out, proxy_port=proxy_port)
     probes: list[Probe] = []
     try:
         try:
@@ -99,7 +102,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         except (ServiceError, FileNotFoundError) as exc:
             out.write(f"error: the stack did not start: {exc}\n")
             return EXIT_NOT_STARTED
-        report = run.run()
+        try:
+            report = run.run()
+        except Exception as exc:  # a process died, a deadline passed: say so, still end in CHAOS
+            logging.getLogger(__name__).exception("the chaos run failed")
+            out.write(f"error: the run failed: {type(exc).__name__}: {exc}\n")
+            out.write(f"(logs in {config.logs})\n")
+            out.write("CHAOS " + json.dumps({"ok": False, "error": str(exc)[:300]}) + "\n")
+            return EXIT_FAILED
         out.write("==> security probes against the stack that went through it all\n")
         probes = probe_all(stack)
     finally:
@@ -117,13 +127,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             http_examples=args.fuzz_http_examples,
             root=ROOT,
             log_path=config.logs / "fuzz.log",
+            timeout=FUZZ_TIMEOUT_S,
         )
     ok = _print(out, report, probes, leaks, fuzz)
     if args.json is not None:
         args.json.write_text(report_json(report) + "\n")
     cases = fuzz.cases if fuzz else 0
     errors = fuzz.server_errors if fuzz else 0
-    out.write(chaos_line(report.account, fuzz_cases=cases, server_errors=errors) + "\n")
+    line = chaos_line(
+        report.account, fuzz_cases=cases, server_errors=errors, redelivered=report.rescored
+    )
+    out.write(line + "\n")
     out.flush()
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -176,7 +190,11 @@ def _print(
             f"\nfuzzing: {fuzz.cases:,} cases in {fuzz.seconds:.0f} s, "
             f"{fuzz.server_errors} server errors, pytest {'failed' if fuzz.failed else 'passed'}\n"
         )
-    ok = report.ok and all(p.ok for p in probes) and not leaks and fuzz_ok
+    w(f"\nredeliveries absorbed: {report.rescored:,} readings were scored more than once\n")
+    problems = report.problems()
+    for problem in problems:
+        w(f"  PROBLEM {problem}\n")
+    ok = not problems and all(p.ok for p in probes) and not leaks and fuzz_ok
     w(f"\nverdict: {'ok' if ok else 'NOT OK'} ({report.seconds:.0f} s of faults and drain)\n")
     return ok
 

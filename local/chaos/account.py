@@ -6,10 +6,16 @@ kill were all stored once. Counts come from two independent places: the fleet's 
 readings and a scan of the table. For one accepted reading, no row is *missing*; a row beyond
 the first for the same instant is *duplicated*; a row for a reading nobody accepted (outside the
 poison phase's own devices) is *unexpected*.
+
+Rows are keyed by device and reading time and written as upserts, so a redelivered reading
+overwrites its own row: *duplicated* can only count a second row under another key (a reading
+time written two ways). That redeliveries happened, and were absorbed, is shown separately by
+the fault proxy, which counts how often each reading was scored (`ChaosReport.rescored`).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -103,11 +109,11 @@ def settle(
             continue
         copies[reading] += 1
 
+    starts = [p.started for p in phases]
+
     def phase_of(when: float) -> int:
-        for i, phase in enumerate(phases):
-            if phase.holds(when):
-                return i
-        return len(phases) - 1 if phases and when >= phases[-1].started else 0
+        """The last phase that had started by `when` (the gaps between phases are µs)."""
+        return max(0, bisect.bisect_right(starts, when) - 1)
 
     per: list[Counter[str]] = [Counter() for _ in phases]
     missing: list[Identity] = []
@@ -167,7 +173,9 @@ def _epoch(value: Any) -> float | None:
         return None
 
 
-def chaos_line(account: Account, *, fuzz_cases: int, server_errors: int) -> str:
+def chaos_line(
+    account: Account, *, fuzz_cases: int, server_errors: int, redelivered: int = 0
+) -> str:
     """`CHAOS {...}`: the run's figures as one JSON object, the last line of `make chaos`."""
     figures = {
         "accepted": account.accepted,
@@ -178,6 +186,7 @@ def chaos_line(account: Account, *, fuzz_cases: int, server_errors: int) -> str:
         "fuzz_cases": fuzz_cases,
         "server_errors": server_errors,
         "unexpected": account.unexpected,
+        "redelivered": redelivered,
     }
     return "CHAOS " + json.dumps(figures, separators=(", ", ": "))
 

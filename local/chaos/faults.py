@@ -29,6 +29,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
 from email.message import Message
@@ -60,6 +61,7 @@ class _Mode:
     retry_after: float = 1.0
     down: bool = False
     refuse: bool = False
+    hold: float = 0.0  # seconds a forwarded call waits before it goes upstream
 
 
 def _json_answer(status: int, doc: dict[str, str], *headers: tuple[str, str]) -> _Answer:
@@ -101,7 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
         if answer == _REFUSE:
             self.close_connection = True  # hang up without a status line
             return
+        if answer is None and (hold := self.server.proxy._hold_for(self.command, self.path)):
+            time.sleep(hold)  # a slow model: the caller's invocation stays in flight this long
         status, headers, data = answer or self._forward(body)
+        if answer is None and status == 200:
+            self.server.proxy._note_scored(self.command, self.path, body)
         self.send_response(status)
         for key, value in headers:
             self.send_header(key, value)
@@ -217,6 +223,7 @@ class FaultProxy:
         self._mode = _Mode()
         self._reject: str | None = None
         self._counts = dict.fromkeys(_COUNTS, 0)
+        self._scored: Counter[tuple[str, str]] = Counter()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -278,6 +285,21 @@ class FaultProxy:
         """Every POST /score gets 503 (no healthy deployment), or a hang-up with `refuse`."""
         self._set_mode(_Mode(down=True, refuse=refuse))
 
+    def hold(self, seconds: float) -> None:
+        """Forward every POST /score only after `seconds` (0 stops holding); faults stay off.
+
+        A held call keeps the score host's invocation in flight, so a kill lands mid-batch.
+        """
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"hold must be >= 0 seconds, got {seconds}")
+        self._set_mode(_Mode(hold=seconds))
+
+    def _hold_for(self, method: str, path: str) -> float:
+        if method != "POST" or urlsplit(path).path != "/score":
+            return 0.0
+        with self._lock:
+            return self._mode.hold
+
     def reject_devices(self, prefix: str | None) -> None:
         """_Answer 400 naming the first device whose id starts with `prefix`; None turns it off."""
         with self._lock:
@@ -288,6 +310,26 @@ class FaultProxy:
         """How POST /score calls were answered so far (other routes are not counted)."""
         with self._lock:
             return dict(self._counts)
+
+    def scored(self) -> Counter[tuple[str, str]]:
+        """How often each reading (device id, timestamp as sent) was scored successfully.
+
+        A count over 1 is a redelivery the pipeline absorbed: the chaos run reports them, so
+        "stored once" is shown to hold for readings that really were processed twice.
+        """
+        with self._lock:
+            return Counter(self._scored)
+
+    def _note_scored(self, method: str, path: str, body: bytes) -> None:
+        if method != "POST" or urlsplit(path).path != "/score":
+            return
+        try:
+            devices = json.loads(body).get("devices") or []
+            keys = [(d["device_id"], r["timestamp"]) for d in devices for r in d["readings"]]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return  # not a request this pipeline sends: nothing to count
+        with self._lock:
+            self._scored.update(keys)
 
     def _set_mode(self, mode: _Mode) -> None:
         with self._lock:

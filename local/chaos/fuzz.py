@@ -42,6 +42,7 @@ REPORT_ENV = "FLEETSCORE_FUZZ_REPORT"
 CHAOS_EXAMPLES = 3000
 CHAOS_HTTP_EXAMPLES = 100
 
+TIMED_OUT = -9  # the returncode reported when `timeout` stopped pytest
 PYTEST_ARGS = ("-m", "pytest", "tests/api", "-q", "-p", "no:cacheprovider")
 
 
@@ -73,6 +74,7 @@ def run_fuzz(
     root: Path,
     python: str = sys.executable,
     log_path: Path | None = None,
+    timeout: float | None = None,
 ) -> FuzzResult:
     """Run tests/api under `python -m pytest` in `root`, every test to the end, and count.
 
@@ -82,6 +84,7 @@ def run_fuzz(
         root: the repository, where pytest runs.
         python: the interpreter with pytest, hypothesis and schemathesis installed.
         log_path: where pytest's output goes; discarded when None.
+        timeout: seconds before pytest is stopped and the run counts as failed (None: no limit).
 
     Raises:
         ValueError: an example count below 1.
@@ -99,24 +102,29 @@ def run_fuzz(
         }
         started = time.monotonic()
         with open(log_path or os.devnull, "w", encoding="utf-8") as log:
-            done = subprocess.run(
-                [python, *PYTEST_ARGS],
-                cwd=root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
+            try:
+                returncode = subprocess.run(
+                    [python, *PYTEST_ARGS],
+                    cwd=root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    timeout=timeout,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                log.write(f"\nstopped after the {timeout:g} s limit\n")
+                returncode = TIMED_OUT
         seconds = time.monotonic() - started
         totals = json.loads(report.read_text(encoding="utf-8")) if report.exists() else None
     if totals is None:
-        return FuzzResult(0, 0, True, done.returncode, seconds, {})
+        return FuzzResult(0, 0, True, returncode, seconds, {})
     return FuzzResult(
         cases=int(totals["cases"]),
         server_errors=int(totals["server_errors"]),
-        failed=done.returncode != 0,
-        returncode=done.returncode,
+        failed=returncode != 0,
+        returncode=returncode,
         seconds=seconds,
         by_test={str(k): int(v) for k, v in totals["by_test"].items()},
     )

@@ -94,7 +94,8 @@ def poison_verdict(
     """Which poison has its dead letter, and whether every neighbour reading was stored.
 
     `letters` are DeadLetters items (as `fleetscore deadletters list` gives them); `stored` is
-    (PartitionKey, RowKey) of the Predictions rows.
+    (PartitionKey, RowKey) of the Predictions rows. A row of the run's own devices other than
+    the neighbours' (`strays`) means poison was scored and stored: a broken promise too.
     """
     found: dict[str, str | None] = {}
     for kind in sent.kinds:
@@ -103,24 +104,30 @@ def poison_verdict(
             (
                 str(letter.get("reason", ""))
                 for letter in letters
-                if want in str(letter.get("reason", "")).lower() and _is_kind(kind, letter)
+                if want in str(letter.get("reason", "")).lower()
+                and _is_kind(kind, letter, sent.partition)
             ),
             None,
         )
         found[kind] = match
     neighbours_stored = len(sent.neighbours & stored)
+    strays = sorted(f"{d}/{k}" for d, k in stored - sent.neighbours if d.startswith(OWN_DEVICES))
     return {
         "dead_lettered": {kind: reason is not None for kind, reason in found.items()},
         "reasons": {kind: (reason or "")[:160] for kind, reason in found.items()},
         "neighbours": len(sent.neighbours),
         "neighbours_stored": neighbours_stored,
+        "strays": strays,
         "ok": all(r is not None for r in found.values())
-        and neighbours_stored == len(sent.neighbours),
+        and neighbours_stored == len(sent.neighbours)
+        and not strays,
     }
 
 
-def _is_kind(kind: str, letter: Mapping[str, Any]) -> bool:
-    """Tie a letter to the poison that made it (by device id where the poison has one)."""
+def _is_kind(kind: str, letter: Mapping[str, Any], partition: str) -> bool:
+    """Tie a letter to the poison that made it: its partition, and its device or payload."""
+    if str(letter.get("partition")) != partition:
+        return False
     device = str(letter.get("device_id") or "")
     payload = str(letter.get("payload") or "")
     if kind == "model rejects the reading":
@@ -129,4 +136,4 @@ def _is_kind(kind: str, letter: Mapping[str, Any]) -> bool:
         return bool(letter.get("payload_truncated")) or f'"{OWN_DEVICES}huge"' in payload
     if kind == "wrong schema version":
         return f'"{OWN_DEVICES}schema"' in payload
-    return letter.get("source") == "event"
+    return letter.get("source") == "event" and payload.startswith("\x00")

@@ -16,24 +16,27 @@ Every wait has a deadline; a deadline missed is reported in the phase's notes, n
 from __future__ import annotations
 
 import contextlib
-import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from fleetscore.deadletters import InMemoryReplayLog, days_between, list_letters
 from local.demo.stack import DemoConfig, Stack
 from local.demo.summary import PredictionsTable
+from shared.readings import parse_timestamp, row_key
 from shared.store import TableStore
 
-from .account import Account, Phase, settle
+from .account import Phase, settle
 from .faults import FaultProxy
 from .poison import OWN_DEVICES, REJECTED_DEVICES, PoisonSent, poison_verdict, send_poison
+from .report import ChaosReport
+from .stored import StoredRows
 from .traffic import SteadyTraffic
 
-__all__ = ["FULL", "QUICK", "ChaosReport", "ChaosRun", "Profile"]
+__all__ = ["FULL", "QUICK", "ChaosRun", "Profile"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Profile:
     interval_s: float = 30.0  # simulated seconds between a device's readings
     quiet_s: float = 10.0  # the baseline, and the calm after each fault
     host_kills: int = 3
+    lead_s: float = 3.0  # fleet traffic before a kill, so the phase's readings are in flight
+    hold_s: float = 2.0  # how long the proxy holds scoring calls while the kill is aimed
     flaky_s: float = 45.0  # at least; until each fault has hit `flaky_hits` calls
     flaky_hits: int = 10
     share_503: float = 0.25
@@ -52,7 +57,8 @@ class Profile:
     outage_s: float = 120.0
     storage_down_s: float = 5.0
     hub_down_s: float = 5.0
-    drain_timeout_s: float = 300.0
+    drain_timeout_s: float = 300.0  # for the backlog, and to catch up after each fault
+    resume_timeout_s: float = 330.0  # the trigger's retry waits up to 300 s between attempts
     longest_s: float = 1500.0  # the fleet's clock must not pass now before the run ends
     ownership_expiration_s: float = 30.0  # how soon a killed host's partitions are taken
 
@@ -73,38 +79,24 @@ QUICK = Profile(
 )
 
 
-@dataclass
-class ChaosReport:
-    """Everything the run measured; `ok` is the verdict."""
-
-    account: Account
-    phases: list[Phase]
-    poison: dict[str, Any]
-    drained: bool
-    seconds: float
-    sender: dict[str, Any]
-    proxy: dict[str, int]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Nothing lost, duplicated or invented; only the poison dead-lettered; drained."""
-        only_poison = self.account.dead_lettered == len(self.poison.get("dead_lettered", {}))
-        return self.account.ok and self.drained and bool(self.poison.get("ok")) and only_poison
-
-
 class ChaosRun:
     """One run: start the stack behind a fault proxy, inject faults, settle the books."""
 
     def __init__(
-        self, config: DemoConfig, profile: Profile = FULL, *, out: TextIO | None = None
+        self,
+        config: DemoConfig,
+        profile: Profile = FULL,
+        *,
+        out: TextIO | None = None,
+        proxy_port: int = 0,
     ) -> None:
-        """Nothing starts until `run()` (or `start()`)."""
+        """Nothing starts until `start()`; `proxy_port` 0 lets the OS choose."""
         self.profile = profile
-        self.proxy = FaultProxy(f"http://127.0.0.1:{config.ports.aml}")
+        self.proxy = FaultProxy(f"http://127.0.0.1:{config.ports.aml}", port=proxy_port)
         self._config = config
         self.stack: Stack | None = None
         self.traffic: SteadyTraffic | None = None
+        self.stored: StoredRows | None = None
         self.phases: list[Phase] = []
         self._out = out
         self._started = 0.0
@@ -124,6 +116,7 @@ class ChaosRun:
         self.stack = Stack(config)
         self.say(f"starting the stack (logs in {config.logs})")
         self.stack.start()
+        self.stored = StoredRows(self.stack.storage_connection)
         p = self.profile
         self.traffic = SteadyTraffic(
             self.stack.ingest_url,
@@ -138,19 +131,22 @@ class ChaosRun:
         return self.stack
 
     def close(self) -> None:
-        """Stop the fleet (if still sending), the stack and the proxy."""
-        if self.traffic is not None:
-            with contextlib.suppress(RuntimeError):
-                self.traffic.stop()
-        if self.stack is not None:
-            self.stack.stop()
-        self.proxy.stop()
+        """Stop the fleet, the stack and the proxy; each is stopped even if one before fails."""
+        with contextlib.ExitStack() as done:
+            done.callback(self.proxy.stop)
+            if self.stored is not None:
+                done.callback(self.stored.close)
+            if self.stack is not None:
+                done.callback(self.stack.stop)
+            if self.traffic is not None:
+                self.traffic.cancel()
 
     def run(self) -> ChaosReport:
         """Every fault in turn, then drain and settle (the stack stays up for probes)."""
         stack, traffic, p = self._parts()
-        with self.phase("baseline"):
+        with self.phase("baseline") as phase:
             self.quiet(p.quiet_s)
+            self.catch_up(phase)
         for i in range(p.host_kills):
             self.kill_score_host(stack.score_host_names[i % len(stack.score_host_names)])
         self.aml_flaky()
@@ -162,57 +158,75 @@ class ChaosRun:
             "eventhubs", "Event Hubs emulator killed and restarted", kill=True, down_s=p.hub_down_s
         )
         sent = self.poison()
-        with self.phase("drain"):
+        with self.phase("drain") as phase:
             sender = traffic.stop()
             self.say(
                 f"fleet stopped: {sender.accepted:,} readings accepted, {sender.failed:,} gave up"
             )
             accepted = traffic.accepted()
+            drained = self.catch_up(phase)
             table = PredictionsTable(stack.storage_connection)
             try:
-                drained = self._wait(
-                    lambda: set(accepted) <= self._stored_keys(table), p.drain_timeout_s
-                )
                 rows = table.rows()
             finally:
                 table.close()
         letters = self.dead_letters()
         own = {(r.device_id, r.row_key) for r in rows if r.device_id.startswith(OWN_DEVICES)}
-        verdict = poison_verdict(sent, letters, own)
-        account = settle(self.phases, accepted, rows, letters, own_devices=OWN_DEVICES)
         return ChaosReport(
-            account=account,
+            account=settle(self.phases, accepted, rows, letters, own_devices=OWN_DEVICES),
             phases=self.phases,
-            poison=verdict,
+            poison=poison_verdict(sent, letters, own),
             drained=drained,
             seconds=round(time.monotonic() - self._started, 1),
             sender={
                 "accepted": sender.accepted,
                 "failed": sender.failed,
+                "rejected": sender.rejected,
                 "retries": sender.retries,
                 "requests": sender.requests,
             },
             proxy=self.proxy.counts(),
+            rescored=_rescored(self.proxy.scored(), accepted),
         )
 
     # --- the faults --------------------------------------------------------------------------
 
     def kill_score_host(self, host: str) -> None:
-        """SIGKILL `host` while it runs a batch; the others take its partitions; restart it."""
+        """SIGKILL `host` inside a scoring call; the others take its partitions; restart it.
+
+        The proxy holds scoring calls for `hold_s` while the kill is aimed, so the invocation
+        the log shows running is still running when the signal lands; the dead host's log then
+        confirms it never ended.
+        """
         stack, _, p = self._parts()
         with self.phase(f"{host} killed mid-batch") as phase:
-            mid = self._wait(lambda: stack.in_flight(host), 15.0, poll=0.005)
-            stack.processes.kill(host)
-            phase.notes["mid_batch"] = mid
+            self.quiet(p.lead_s)
+            running: set[str] = set()
+
+            def caught_running() -> bool:
+                running.clear()
+                running.update(stack.in_flight(host))
+                return bool(running)
+
+            self.proxy.hold(p.hold_s)
+            try:
+                self._wait(caught_running, 30.0, poll=0.02)
+                stack.processes.kill(host)
+            finally:
+                self.proxy.healthy()
+            interrupted = stack.never_ended(host, running)
+            phase.notes["mid_batch"] = bool(interrupted)
             t0 = time.monotonic()
             phase.notes["taken_over"] = stack.wait_balanced(timeout=60.0)
             phase.notes["takeover_s"] = round(time.monotonic() - t0, 1)
             stack.processes.start_again(host)
             phase.notes["rebalanced"] = stack.wait_balanced(timeout=60.0)
             self.say(
-                f"  killed {host} {'mid-batch' if mid else 'between batches'}; others held every "
-                f"partition after {phase.notes['takeover_s']} s; restarted"
+                f"  killed {host} {'in the middle of' if interrupted else 'outside'} an "
+                f"invocation; the others held every partition after {phase.notes['takeover_s']}"
+                " s; restarted"
             )
+            self.catch_up(phase)
             self.quiet(p.quiet_s)
 
     def aml_flaky(self) -> None:
@@ -230,55 +244,44 @@ class ChaosRun:
             phase.notes["both_hit"] = self._wait(both_hit, 4 * p.flaky_s + 30.0, poll=0.2)
             self.proxy.healthy()
             phase.notes.update(_delta(before, self.proxy.counts()))
+            self.catch_up(phase)
             self.quiet(p.quiet_s)
 
     def aml_outage(self) -> None:
         """AML answers 503 to everything for `outage_s`; the hub holds the backlog meanwhile."""
-        stack, traffic, p = self._parts()
+        _, traffic, p = self._parts()
+        stored = self._stored()
         with self.phase("AML down (back-pressure)") as phase:
-            accepted_before = len(traffic.accepts.accepted_at)
+            counts = self.proxy.counts()
+            accepted_before = len(traffic.accepted())
             failed_before = traffic.stats().failed
             self.proxy.down()
             self.quiet(p.outage_s)
-            accepted = traffic.accepted()
-            table = PredictionsTable(stack.storage_connection)
-            try:
-                stored_before = self._stored_keys(table)
-                backlog = set(accepted) - stored_before
-                self.proxy.healthy()
-                restored = time.monotonic()
-                phase.notes["accepted_while_down"] = len(accepted) - accepted_before
-                phase.notes["ingest_gave_up_while_down"] = traffic.stats().failed - failed_before
-                phase.notes["backlog"] = len(backlog)
-                resumed = self._wait(lambda: bool(backlog & self._stored_keys(table)), 120.0)
-                phase.notes["resumed_s"] = (
-                    round(time.monotonic() - restored, 1) if resumed else None
-                )
-                stored_after: set[tuple[str, str]] = set()
-
-                def backlog_stored() -> bool:
-                    stored_after.clear()
-                    stored_after.update(self._stored_keys(table))
-                    return backlog <= stored_after
-
-                drained = self._wait(backlog_stored, p.drain_timeout_s)
-                took = time.monotonic() - restored
-            finally:
-                table.close()
-            phase.notes["drained"] = drained
-            phase.notes["drain_s"] = round(took, 1)
-            phase.notes["drain_readings_per_s"] = round(len(backlog) / took, 1) if drained else None
-            phase.notes["stored_per_s_while_draining"] = round(
-                len(stored_after - stored_before) / took, 1
-            )
+            accepted = set(traffic.accepted())
+            stored_before = set(stored.refresh())
+            backlog = accepted - stored_before
+            self.proxy.healthy()
+            restored = time.monotonic()
+            notes = phase.notes
+            notes["down_answers"] = _delta(counts, self.proxy.counts()).get("down", 0)
+            notes["accepted_while_down"] = len(accepted) - accepted_before
+            notes["ingest_gave_up_while_down"] = traffic.stats().failed - failed_before
+            notes["backlog"] = len(backlog)
+            resumed = self._wait(lambda: bool(backlog & stored.refresh()), p.resume_timeout_s)
+            notes["resumed_s"] = round(time.monotonic() - restored, 1) if resumed else None
+            notes["drained"] = self._wait(lambda: backlog <= stored.refresh(), p.drain_timeout_s)
+            took = time.monotonic() - restored
+            notes["drain_s"] = round(took, 1)
+            notes["backlog_per_s"] = round(len(backlog) / took, 1) if notes["drained"] else None
+            notes["stored_per_s_while_draining"] = round(len(stored.keys - stored_before) / took, 1)
             self.say(
-                f"  AML down {p.outage_s:g} s: ingest accepted "
-                f"{phase.notes['accepted_while_down']:,} readings meanwhile; "
-                f"backlog {len(backlog):,}; scoring resumed after "
-                f"{phase.notes['resumed_s']} s; drained in {took:.1f} s "
-                f"(backlog {phase.notes['drain_readings_per_s']} readings/s on top of new traffic; "
-                f"{phase.notes['stored_per_s_while_draining']} stored/s in all)"
+                f"  AML down {p.outage_s:g} s: ingest accepted {notes['accepted_while_down']:,} "
+                f"readings meanwhile; backlog {len(backlog):,}; scoring resumed after "
+                f"{notes['resumed_s']} s; backlog drained in {took:.1f} s "
+                f"({notes['backlog_per_s']} readings/s on top of new traffic; "
+                f"{notes['stored_per_s_while_draining']} stored/s in all)"
             )
+            self.catch_up(phase)
             self.quiet(p.quiet_s)
 
     def restart(self, service: str, title: str, *, kill: bool, down_s: float) -> None:
@@ -295,6 +298,7 @@ class ChaosRun:
             phase.notes["restart_s"] = round(time.monotonic() - t0, 1)
             phase.notes["rebalanced"] = stack.wait_balanced(timeout=60.0)
             self.say(f"  {service} down {down_s:g} s, back after {phase.notes['restart_s']} s")
+            self.catch_up(phase)
             self.quiet(p.quiet_s)
 
     def poison(self) -> PoisonSent:
@@ -310,10 +314,22 @@ class ChaosRun:
                 return all(verdict["dead_lettered"].values())
 
             phase.notes["all_dead_lettered"] = self._wait(all_lettered, 60.0)
+            self.catch_up(phase)
             self.quiet(p.quiet_s)
         return sent
 
     # --- reading the stack -------------------------------------------------------------------
+
+    def catch_up(self, phase: Phase) -> bool:
+        """Wait until every reading accepted so far is stored; note whether and how fast."""
+        _, traffic, p = self._parts()
+        stored = self._stored()
+        accepted = set(traffic.accepted())
+        t0 = time.monotonic()
+        ok = self._wait(lambda: accepted <= stored.refresh(), p.drain_timeout_s)
+        phase.notes["caught_up"] = ok
+        phase.notes["caught_up_s"] = round(time.monotonic() - t0, 1)
+        return ok
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Every dead letter of the run's days."""
@@ -323,9 +339,10 @@ class ChaosRun:
         with TableStore.from_connection_string(stack.storage_connection) as store:
             return list_letters(store, InMemoryReplayLog(), days, limit=None)
 
-    @staticmethod
-    def _stored_keys(table: PredictionsTable) -> set[tuple[str, str]]:
-        return {(r.device_id, r.row_key) for r in table.rows()}
+    def _stored(self) -> StoredRows:
+        if self.stored is None:
+            raise RuntimeError("start() the run first")
+        return self.stored
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -372,24 +389,18 @@ class ChaosRun:
             self._out.flush()
 
 
+def _rescored(scored: Counter[tuple[str, str]], accepted: dict[tuple[str, str], float]) -> int:
+    """Accepted readings that were scored more than once (the proxy saw them twice)."""
+    per_reading: Counter[tuple[str, str]] = Counter()
+    for (device, stamp), n in scored.items():
+        try:
+            per_reading[(device, row_key(parse_timestamp(stamp)))] += n
+        except Exception:  # not a reading timestamp: nothing to count
+            continue
+    return sum(1 for key, n in per_reading.items() if n > 1 and key in accepted)
+
+
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {
         k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)
     }
-
-
-def report_json(report: ChaosReport) -> str:
-    """The report as JSON (phases with their notes and books)."""
-    return json.dumps(
-        {
-            "ok": report.ok,
-            "seconds": report.seconds,
-            "phases": [vars(a) for a in report.account.phases],
-            "poison": report.poison,
-            "sender": report.sender,
-            "proxy": report.proxy,
-            **report.extra,
-        },
-        indent=2,
-        default=str,
-    )

@@ -544,5 +544,14 @@ def probe_all(stack: Stack) -> list[Probe]:
         probe_eventhubs_wrong_key,
         probe_dashboard_keys,
     ]
-    results = [probe(stack, seen=seen) for probe in probes]
+    results = [_guarded(probe, stack, seen) for probe in probes]
     return [*results, probe_error_bodies(stack, seen)]
+
+
+def _guarded(probe: Callable[..., Probe], stack: Stack, seen: Seen) -> Probe:
+    """A probe that raised is a failed probe, not the end of the report."""
+    try:
+        return probe(stack, seen=seen)
+    except Exception as exc:
+        name = (probe.__doc__ or probe.__name__).strip().splitlines()[0]
+        return Probe(probe.__name__, False, f"{name}: raised {type(exc).__name__}: {exc}"[:500])

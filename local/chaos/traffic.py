@@ -81,6 +81,13 @@ class SteadyTraffic:
             raise RuntimeError(f"the fleet's sender failed: {self._error}") from self._error
         return self._client.stats()
 
+    def cancel(self, timeout: float = 30.0) -> None:
+        """Stop now, giving up on unanswered requests (teardown after a failure)."""
+        self._stop.set()
+        self._client.cancel()
+        self._thread.join(timeout)
+        self._client.close()
+
     def stats(self) -> ClientStats:
         """The client's account so far."""
         return self._client.stats()
@@ -92,7 +99,7 @@ class SteadyTraffic:
 
     def accepted(self) -> dict[Identity, float]:
         """A copy of every acknowledged reading and when its 202 arrived (wall clock)."""
-        return dict(self.accepts.accepted_at)
+        return self.accepts.snapshot()
 
     def _run(self) -> None:
         period = self.interval_s / self.speed

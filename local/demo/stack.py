@@ -227,11 +227,19 @@ class Stack:
             time.sleep(0.2)
         return False
 
-    def in_flight(self, name: str) -> bool:
-        """Whether score host `name` has an invocation running now (per its log)."""
+    def in_flight(self, name: str) -> set[str]:
+        """Ids of the invocations score host `name` is running now (started, not ended)."""
         text = self.processes.current_log(name)
         started = {iid for _, iid in _EXECUTING.findall(text)}
-        return bool(started - set(_SUCCEEDED.findall(text)) - set(_FAILED.findall(text)))
+        return started - set(_SUCCEEDED.findall(text)) - set(_FAILED.findall(text))
+
+    def never_ended(self, name: str, ids: set[str]) -> set[str]:
+        """Those of `ids` that score host `name`'s whole log shows started but never ended.
+
+        Read after the host was killed, this is what the kill interrupted.
+        """
+        text = self._log(name)
+        return ids - set(_SUCCEEDED.findall(text)) - set(_FAILED.findall(text))
 
     def _log(self, name: str) -> str:
         try:

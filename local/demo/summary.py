@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from azure.data.tables import TableClient
@@ -52,12 +53,16 @@ class PredictionsTable:
         """Connect lazily to `table`."""
         self._client = TableClient.from_connection_string(connection_string, table)
 
-    def rows(self) -> list[PredictionRow]:
-        """Every row, in one paged scan."""
+    def rows(self, *, written_since: datetime | None = None) -> list[PredictionRow]:
+        """Every row, in one paged scan; or those written at or after `written_since` (UTC)."""
         out = []
-        for e in self._client.list_entities(
-            select=["PartitionKey", "RowKey", "Timestamp", "timestamp", "is_anomaly"]
-        ):
+        select = ["PartitionKey", "RowKey", "Timestamp", "timestamp", "is_anomaly"]
+        if written_since is None:
+            entities = self._client.list_entities(select=select)
+        else:
+            stamp = written_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            entities = self._client.query_entities(f"Timestamp ge datetime'{stamp}'", select=select)
+        for e in entities:
             out.append(
                 PredictionRow(
                     device_id=e["PartitionKey"],

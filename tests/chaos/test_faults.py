@@ -289,3 +289,32 @@ def test_faultproxy_faults_classified_by_aml_client(proxy):
         assert "devices[1].readings" in str(refused.value)
     finally:
         client.close()
+
+
+def test_faultproxy_counts_each_reading_it_saw_scored(proxy, session):
+    body = json.dumps(
+        {
+            "devices": [
+                {"device_id": "a", "readings": [{"timestamp": "t1"}, {"timestamp": "t2"}]},
+                {"device_id": "b", "readings": [{"timestamp": "t1"}]},
+            ]
+        }
+    ).encode()
+    assert session.post(proxy.score_url, data=body).status_code == 200
+    assert session.post(proxy.score_url, data=body).status_code == 200
+    proxy.flaky(share_503=1.0, share_429=0.0)
+    assert session.post(proxy.score_url, data=body).status_code == 503  # not scored
+    assert proxy.scored() == {("a", "t1"): 2, ("a", "t2"): 2, ("b", "t1"): 2}
+
+
+def test_faultproxy_hold_keeps_a_scoring_call_in_flight_then_forwards_it(proxy, session):
+    proxy.hold(0.5)
+    started = time.monotonic()
+    resp = session.post(proxy.score_url, data=_body("a"))
+    held = time.monotonic() - started
+    assert resp.status_code == 200
+    assert held >= 0.5
+    assert session.get(proxy.url + "/").status_code == 200  # health is never held
+    proxy.healthy()
+    with pytest.raises(ValueError, match="hold"):
+        proxy.hold(-1)
