@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["Answer", "Leak", "Probe", "Tally", "send_raw"]
+__all__ = ["PROBE_DEVICE", "Answer", "Leak", "Probe", "Seen", "Tally", "send_raw"]
 
 TIMEOUT = 10.0  # seconds for an ordinary request
+PROBE_DEVICE = "chaos-probe-0001"  # a valid id no fleet uses: its rows would be ours
+
+Seen = list[str]  # every answer received, as text, for the check that no answer holds a secret
 
 
 @dataclass(frozen=True)
