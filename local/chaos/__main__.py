@@ -24,8 +24,9 @@ from local.demo.stack import ROOT, DemoConfig, Ports
 
 from .account import chaos_line
 from .fuzz import CHAOS_EXAMPLES, CHAOS_HTTP_EXAMPLES, FuzzResult, run_fuzz
+from .profile import FULL, QUICK
 from .report import ChaosReport, report_json
-from .run import FULL, QUICK, ChaosRun
+from .run import ChaosRun
 from .security import Leak, Probe, probe_all, scan_logs, stack_secrets
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_STARTED = 0, 1, 2

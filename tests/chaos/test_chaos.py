@@ -12,8 +12,9 @@ from dataclasses import dataclass, fields
 
 import pytest
 
+from local.chaos.profile import QUICK
 from local.chaos.report import ChaosReport
-from local.chaos.run import QUICK, ChaosRun
+from local.chaos.run import ChaosRun
 from local.chaos.security import scan_logs, stack_secrets
 from local.demo import DemoConfig, Ports, Stack
 from local.demo.processes import free_ports
