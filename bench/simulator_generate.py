@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.fleet import FleetConfig  # noqa: E402
-from simulator.generate import generate  # noqa: E402
+from simulator.fleet import FleetConfig
+from simulator.generate import generate
 
 FIGURES = {
     "simulator_generate_readings_per_s": (
