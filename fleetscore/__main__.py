@@ -7,6 +7,10 @@ into `jq` or a file. The URL and key default to the local demo's generated setti
 `deadletters list|show|replay` reads Table Storage directly and replays through Event Hubs
 (`fleetscore/deadletters_cli.py`, over `fleetscore/deadletters.py`); its settings are the
 function app's.
+
+`plan --devices N --interval 10s` sizes the deployment for a fleet from measured figures and
+Azure's documented limits, showing its arithmetic (`fleetscore/plan_cli.py`, over
+`fleetscore/plan.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .deadletters_cli import (
     connect,
     run_deadletters,
 )
+from .plan_cli import add_plan_parser, run_plan
 from .query import QueryClient, QueryError
 
 __all__ = ["Backends", "CliSettings", "main"]
@@ -93,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=100, help="most rows (default: %(default)s)"
     )
     add_deadletters_parser(commands)
+    add_plan_parser(commands)
     return parser
 
 
@@ -156,6 +162,8 @@ def main(
     the clock; tests pass stand-ins.
     """
     args = _parser().parse_args(argv)
+    if args.command == "plan":
+        return run_plan(args)
     if args.command == "deadletters":
         return run_deadletters(
             args,
