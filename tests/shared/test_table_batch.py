@@ -154,6 +154,20 @@ def test_upsert_transaction_sends_the_sdks_bytes_for_100_predictions():
     assert normalised(*lean_body(entities)) == normalised(*sdk_body(entities))
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"a": "x", "a@odata.type": "Edm.Int32"},  # a name that collides with an annotation
+        {"naïve": 1.5, "x\ty": "tab"},  # names that JSON must escape
+        {"n": 2**31 - 1, "m": -(2**31), "typed": (0, EdmType.INT64), "t": True},
+    ],
+    ids=["annotation-name", "escaped-names", "int-edges"],
+)
+def test_upsert_transaction_sends_the_sdks_bytes_for_odd_properties(odd):
+    entities = [{"PartitionKey": "p", "RowKey": "1", **odd}, {"PartitionKey": "p", "RowKey": "2"}]
+    assert normalised(*lean_body(entities)) == normalised(*sdk_body(entities))
+
+
 def test_encode_upserts_is_deterministic_given_ids_and_date():
     entity = {"PartitionKey": "a", "RowKey": "1", "v": 1.5, "s": "é", "n": None}
     content_type, body = encode_upserts(

@@ -1,0 +1,301 @@
+"""The Table writer's cost: client CPU per stored prediction, entities/s, and Azurite's ceiling.
+
+    .venv/bin/python bench/table_writes.py [--quick] [--json FILE]
+
+Everything goes through ``shared.store.TableStore.upsert_predictions`` into an Azurite table
+service started here (in memory, 127.0.0.1, a free port) and stopped before the script exits.
+Predictions are realistic: 20 pumps' six metrics, scores and probabilities, as
+``shared._entities._prediction_entity`` stores them; every call writes new rows.
+
+* Client CPU is ``time.process_time()`` of this process only (Azurite is another process), per
+  stored prediction, one writer (``max_workers=1``), 100-entity transactions: the store's lean
+  ``$batch`` path (``shared.table_batch``) and, in the same run, the SDK's
+  ``submit_transaction`` (the store's previous ``_submit``) for the before/after.
+* Entities/s for 1-, 10- and 100-entity transactions, one writer. A one-entity write is the
+  store's ``upsert_entity``; the CPU of it and of a one-operation lean transaction are both
+  reported, since the store picks the cheaper.
+* Azurite's ceiling: the best entities/s of 1, 2 and 4 writer threads on 100-entity lean
+  transactions, and Azurite's own CPU per entity (utime + stime from ``/proc/<pid>/stat``).
+
+The machine is shared: figures are indicative. ``measure()`` returns them (see ``FIGURES``);
+``main()`` prints one per line with its unit and meaning, then one JSON line. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from azure.data.tables import UpdateMode
+
+from shared._entities import Entity
+from shared.predictions import Prediction
+from shared.store import TableStore, _mapped
+from shared.table_batch import upsert_transaction
+from simulator.fleet import kind_metrics
+from tests.support.azurite import AZURITE_BIN, AzuriteError, _answers, _free_port, _stop
+from tests.support.azurite import connection_string as azurite_connection_string
+
+DEVICES = 20
+T0 = datetime(2026, 11, 27, tzinfo=UTC)
+METRICS = kind_metrics("pump")
+THREADS = (1, 2, 4)
+
+FIGURES = {
+    "table_write_cpu_us_per_prediction": (
+        "µs CPU/prediction",
+        "this process, lean $batch path, 100-entity transactions, one writer",
+    ),
+    "table_write_cpu_us_per_prediction_sdk": (
+        "µs CPU/prediction",
+        "this process, the SDK's submit_transaction, 100-entity transactions, one writer",
+    ),
+    "table_write_sdk_vs_lean_cpu_ratio": ("x", "SDK CPU over lean CPU per prediction"),
+    "table_entities_per_s_tx1": (
+        "entities/s",
+        "one writer, one entity per write (the store's upsert_entity)",
+    ),
+    "table_entities_per_s_tx10": ("entities/s", "one writer, 10-entity lean transactions"),
+    "table_entities_per_s_tx100": ("entities/s", "one writer, 100-entity lean transactions"),
+    "table_entities_per_s_tx100_sdk": (
+        "entities/s",
+        "one writer, 100-entity transactions through the SDK",
+    ),
+    "table_write_cpu_us_tx1_upsert_entity": (
+        "µs CPU/entity",
+        "this process, one entity by upsert_entity (what the store does)",
+    ),
+    "table_write_cpu_us_tx1_lean": (
+        "µs CPU/entity",
+        "this process, one entity as a one-operation lean transaction",
+    ),
+    "table_write_cpu_us_tx10": ("µs CPU/entity", "this process, 10-entity lean transactions"),
+    "storage_ceiling_entities_per_s": (
+        "entities/s",
+        "Azurite's ceiling: best of 1, 2, 4 writer threads, 100-entity lean transactions",
+    ),
+    "storage_ceiling_threads": ("threads", "the writer threads that reached the ceiling"),
+    "azurite_cpu_us_per_entity": (
+        "µs CPU/entity",
+        "Azurite's own CPU (utime+stime) per entity in the ceiling runs",
+    ),
+}
+
+
+# --- Azurite -------------------------------------------------------------------------------
+
+
+@contextmanager
+def azurite() -> Iterator[tuple[str, int]]:
+    """Start Azurite's table service in memory; yield (connection string, its pid); stop it."""
+    binary = AZURITE_BIN / "azurite-table"
+    if not binary.exists():
+        raise AzuriteError(f"{binary} is missing: run `npm install`")
+    with tempfile.TemporaryDirectory(prefix="azurite-bench-") as workdir:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--silent",
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(port),
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _answers(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AzuriteError(f"Azurite did not start on port {port}")
+                time.sleep(0.05)
+            yield azurite_connection_string(port), proc.pid
+        finally:
+            _stop(proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- workload ------------------------------------------------------------------------------
+
+
+class Fleet:
+    """Predictions for 20 pumps; each call to `next` moves on in time, so rows are new."""
+
+    def __init__(self, seed: int = 8) -> None:
+        self._rng = random.Random(seed)
+        self._step = 0
+
+    def next(self, per_device: int) -> list[Prediction]:
+        """`per_device` predictions of each device, 10 s apart, after the previous ones."""
+        rng = self._rng
+        start = T0 + timedelta(seconds=10 * self._step)
+        self._step += per_device
+        out = []
+        for i in range(per_device):
+            ts = start + timedelta(seconds=10 * i)
+            for d in range(DEVICES):
+                score = round(rng.random(), 4)
+                out.append(
+                    Prediction(
+                        device_id=f"pump-{d:04d}",
+                        timestamp=ts,
+                        anomaly_score=score,
+                        is_anomaly=score > 0.95,
+                        top_metric=METRICS[rng.randrange(len(METRICS))],
+                        failure_probability=round(rng.random() * 0.2, 4),
+                        maintenance_due=False,
+                        model_version="pump-iforest-2026.11.27",
+                        metrics={
+                            m: round(100.0 * (k + 1) + rng.gauss(0.0, 1.0), 3)
+                            for k, m in enumerate(METRICS)
+                        },
+                    )
+                )
+        return out
+
+
+class SdkTableStore(TableStore):
+    """`TableStore` with its previous `_submit`: every transaction through `submit_transaction`."""
+
+    def _submit(self, table: str, batch: list[Entity]) -> None:
+        client = self._client(table)
+        with _mapped(f"write {len(batch)} rows to {table}"):
+            if len(batch) == 1:
+                client.upsert_entity(batch[0], mode=UpdateMode.REPLACE)
+            else:
+                client.submit_transaction(
+                    [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch]
+                )
+
+
+class LeanSingleTableStore(TableStore):
+    """`TableStore` that writes one entity as a one-operation lean transaction, for comparison."""
+
+    def _submit(self, table: str, batch: list[Entity]) -> None:
+        with _mapped(f"write {len(batch)} rows to {table}"):
+            upsert_transaction(self._client(table), batch)
+
+
+def timed(
+    store: TableStore, fleet: Fleet, *, per_device: int, calls: int
+) -> tuple[float, float, int]:
+    """Write `calls` times `per_device` predictions per device; return (wall s, CPU s, rows)."""
+    batches = [fleet.next(per_device) for _ in range(calls)]
+    store.upsert_predictions(fleet.next(per_device))  # tables, connections, imports: not timed
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        store.upsert_predictions(batch)
+    return (
+        time.perf_counter() - wall,
+        time.process_time() - cpu,
+        sum(len(b) for b in batches),
+    )
+
+
+def measure(quick: bool = False) -> dict[str, float]:
+    """Start Azurite, measure every figure in `FIGURES`, stop it.
+
+    Args:
+        quick: fewer predictions per figure (about 20 s instead of about a minute).
+    """
+    scale = 1 if quick else 4
+    figures: dict[str, float] = {}
+    with azurite() as (conn, pid):
+        n = 0
+
+        def store(cls: type[TableStore] = TableStore, workers: int = 1) -> TableStore:
+            nonlocal n
+            n += 1
+            return cls.from_connection_string(conn, table_prefix=f"b{n}", max_workers=workers)
+
+        fleet = Fleet()
+        with store() as lean:
+            wall, cpu, rows = timed(lean, fleet, per_device=100, calls=2 * scale)
+        figures["table_write_cpu_us_per_prediction"] = 1e6 * cpu / rows
+        figures["table_entities_per_s_tx100"] = rows / wall
+        with store(SdkTableStore) as sdk:
+            wall, cpu, rows = timed(sdk, fleet, per_device=100, calls=scale)
+        figures["table_write_cpu_us_per_prediction_sdk"] = 1e6 * cpu / rows
+        figures["table_entities_per_s_tx100_sdk"] = rows / wall
+        figures["table_write_sdk_vs_lean_cpu_ratio"] = (
+            figures["table_write_cpu_us_per_prediction_sdk"]
+            / figures["table_write_cpu_us_per_prediction"]
+        )
+        with store() as lean:
+            wall, cpu, rows = timed(lean, fleet, per_device=10, calls=5 * scale)
+        figures["table_entities_per_s_tx10"] = rows / wall
+        figures["table_write_cpu_us_tx10"] = 1e6 * cpu / rows
+        with store() as single:
+            wall, cpu, rows = timed(single, fleet, per_device=1, calls=5 * scale)
+        figures["table_entities_per_s_tx1"] = rows / wall
+        figures["table_write_cpu_us_tx1_upsert_entity"] = 1e6 * cpu / rows
+        with store(LeanSingleTableStore) as single:
+            wall, cpu, rows = timed(single, fleet, per_device=1, calls=5 * scale)
+        figures["table_write_cpu_us_tx1_lean"] = 1e6 * cpu / rows
+
+        best, best_threads, server_cpu, server_rows = 0.0, 0, 0.0, 0
+        for threads in THREADS:
+            with store(workers=threads) as lean:
+                lean.upsert_predictions(fleet.next(100))  # tables and connections: not timed
+                # One call of many transactions, fanned out over `threads` writers.
+                batch = fleet.next(100 * threads * scale)
+                before, wall = cpu_seconds(pid), time.perf_counter()
+                lean.upsert_predictions(batch)
+                wall = time.perf_counter() - wall
+                server_cpu += cpu_seconds(pid) - before
+                server_rows += len(batch)
+            if len(batch) / wall > best:
+                best, best_threads = len(batch) / wall, threads
+        figures["storage_ceiling_entities_per_s"] = best
+        figures["storage_ceiling_threads"] = best_threads
+        figures["azurite_cpu_us_per_entity"] = 1e6 * server_cpu / server_rows
+    return {k: round(v, 1) for k, v in figures.items()}
+
+
+def report(figures: dict[str, float], json_path: str | None) -> None:
+    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
+    for key, value in figures.items():
+        unit, meaning = FIGURES.get(key, ("", ""))
+        print(f"{key} = {value:,} {unit}  ({meaning})")
+    line = json.dumps(figures)
+    print(line)
+    if json_path:
+        Path(json_path).write_text(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer predictions per figure")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    args = parser.parse_args(argv)
+    report(measure(args.quick), args.json)
+
+
+if __name__ == "__main__":
+    main()
