@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import EdmType, TableClient, TableServiceClient, UpdateMode
 
@@ -109,10 +110,10 @@ def captured_request(send) -> tuple[dict[str, str], bytes]:
     with client, pytest.raises(_Captured):
         send(client)
     request = seen["request"]
-    return dict(request.headers), bytes(request.content if hasattr(request, "content") else b"")
+    return dict(request.headers), bytes(request.content)
 
 
-_VARIES = re.compile(rb"(batch|changeset)_[0-9a-f-]{36}|(?<=Date: )[^\r]*")
+_VARIES = re.compile(rb"(batch|changeset)_[0-9a-f-]{36}|(?<=[Dd]ate: )[^\r]*")
 _PER_REQUEST = {"x-ms-date", "Date", "x-ms-client-request-id", "Authorization", "Content-Type"}
 
 
@@ -166,6 +167,33 @@ def test_upsert_transaction_sends_the_sdks_bytes_for_100_predictions():
 def test_upsert_transaction_sends_the_sdks_bytes_for_odd_properties(odd):
     entities = [{"PartitionKey": "p", "RowKey": "1", **odd}, {"PartitionKey": "p", "RowKey": "2"}]
     assert normalised(*lean_body(entities)) == normalised(*sdk_body(entities))
+
+
+class _Token:
+    """A TokenCredential that hands out one fixed token."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("token-for-tests", 4_102_444_800)
+
+
+def test_upsert_transaction_authenticates_through_the_clients_pipeline():
+    seen = {}
+
+    def hook(request) -> None:
+        seen["request"] = request.http_request
+        raise _Captured
+
+    key_client = TableClient.from_connection_string(NOWHERE, "T", raw_request_hook=hook)
+    token_client = TableClient(
+        "https://127.0.0.1:9", "T", credential=_Token(), raw_request_hook=hook
+    )
+    signed = []
+    for client in (key_client, token_client):
+        with client, pytest.raises(_Captured):
+            upsert_transaction(client, [{"PartitionKey": "a", "RowKey": "1"}])
+        signed.append(seen["request"].headers["Authorization"].split(" ")[0])
+        assert seen["request"].url == f"{client.scheme}://{client._primary_hostname}/$batch"
+    assert signed == ["SharedKey", "Bearer"]
 
 
 def test_encode_upserts_is_deterministic_given_ids_and_date():
