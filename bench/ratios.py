@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ratios.py [--quick] [--json FILE]
 
-Three pairs, each pair on the same server in the same run, so the machine's mood cancels out:
+Three pairs, both sides of a pair in the same run, so the machine's mood mostly cancels out:
 
 * **Micro-batching** (``microbatch_vs_per_reading_ratio``): readings/s scored through
   ``azmlinfsrv`` running ``model/score.py`` with the trained artifact (one worker, as the local
@@ -10,13 +10,15 @@ Three pairs, each pair on the same server in the same run, so the machine's mood
   with the app's default settings (2,000 rows, 1 MiB, 4 requests in flight) scoring one trigger
   batch's worth of work, 256 devices x 10 readings with their states. Per reading: the seed
   architecture's flow, one POST /score per reading, sequential, one device with one reading and
-  its state, the returned state sent with the next reading. Issue 8 accepts >= 150x.
+  its state, the returned state sent with the next reading. Issue 8 accepts >= 150x. A second
+  batched shape, 100 devices x 20 readings, shows how the ratio grows with readings per device.
 * **Grouped events** (``grouped_events_vs_per_reading_ratio``): readings/s through the Event
-  Hubs emulator, produced with the app's publisher (``shared.publisher.EventHubPublisher``, the
-  SDK's producer) and consumed with the SDK's consumer, counting readings by the events'
-  ``count`` property. Grouped: the ingest's encoding (``shared.events``), one event per device
-  per request, requests of 20 devices x 10 readings. Per reading: the same encoding with one
-  reading per event. Events are encoded before the clock starts: this is the hub hop alone.
+  Hubs emulator, published with the app's publisher (``shared.publisher.EventHubPublisher``, the
+  SDK's producer) while one SDK consumer reads every partition with the score host's batch
+  settings, until it has every event. Grouped: the ingest's encoding (``shared.events``), one
+  event per device per request, requests of 20 devices x 10 readings. Per reading: the same
+  encoding with one reading per event. Events are encoded before the clock starts: this is the
+  hub hop alone. Each side gets a fresh emulator, so it reads only its own events.
 * **Batch transactions** (``batch_tx_vs_single_upserts_ratio``): entities/s into Azurite's
   table service. Batched: ``shared.store.TableStore.upsert_predictions`` (whatever its
   ``_submit`` does today, fanned out as configured) on a trigger batch's predictions, 256
