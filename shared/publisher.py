@@ -3,6 +3,13 @@
 Both implementations pack events into `EventDataBatch` objects, so the in-memory stand-in keeps
 the SDK's real size rule (a batch never exceeds the hub's maximum message size, 1 MiB on the
 Standard tier) and splits exactly where the SDK would.
+
+One send is one round trip to the service, and a batch sent with a partition key holds events of
+that one key: a request from 100 devices was 100 sends, one after another. The real publisher
+therefore resolves each device's partition on the client, with the same hash the service uses
+for a partition key (the SDK's own resolver, which its buffered producer relies on), and sends
+one batch per partition: at most as many sends as the hub has partitions. A device still always
+lands in the same partition, in order, which is all the pipeline needs from its partition key.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
 from typing import Protocol
 
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
@@ -58,16 +66,20 @@ def _event_data(event: OutgoingEvent) -> EventData:
 
 
 def pack_batches(
-    events: Sequence[OutgoingEvent], new_batch: Callable[[str], EventDataBatch]
+    events: Sequence[OutgoingEvent],
+    new_batch: Callable[[str], EventDataBatch],
+    group: Callable[[str], str] = lambda key: key,
 ) -> Iterator[tuple[EventDataBatch, list[OutgoingEvent]]]:
-    """Yield full batches and their events: one partition key per batch, keys in first-seen order.
+    """Yield full batches and their events, one `group(partition_key)` per batch, in order.
+
+    By default a group is the partition key itself; events keep their order within a group.
 
     Raises:
         PermanentError: an event alone is larger than an empty batch can hold.
     """
     by_key: dict[str, list[OutgoingEvent]] = {}
     for event in events:
-        by_key.setdefault(event.partition_key, []).append(event)
+        by_key.setdefault(group(event.partition_key), []).append(event)
     for key, group in by_key.items():
         batch, members = new_batch(key), []
         for event in group:
@@ -94,16 +106,39 @@ def pack_batches(
             yield batch, members
 
 
+def partition_resolver(partition_ids: Sequence[str]) -> Callable[[str], str]:
+    """The partition the service would choose for a partition key, computed here.
+
+    Uses the SDK's resolver (the service's hash of the key, modulo the partition count), the
+    one its buffered producer sends with. Keys repeat (they are device ids), so answers are
+    cached.
+    """
+    from azure.eventhub._buffered_producer._partition_resolver import PartitionResolver
+
+    resolver = PartitionResolver(list(partition_ids))
+
+    @lru_cache(maxsize=65_536)
+    def resolve(key: str) -> str:
+        # The SDK hashes `ord()` of each character; the service hashes the key's UTF-8 bytes.
+        # Device ids are ASCII, where the two agree; Latin-1 makes them agree everywhere.
+        return str(resolver.get_partition_id_by_partition_key(key.encode().decode("latin-1")))
+
+    return resolve
+
+
 class EventHubPublisher:
     """The real publisher: one `EventHubProducerClient`, created once and reused.
 
     The SDK's clients are not thread-safe and its producer sends under one lock anyway, so
-    `publish` is serialised here; callers in other threads simply queue behind it.
+    `publish` is serialised here; callers in other threads simply queue behind it. Events go
+    in one batch per partition (see the module docstring); the partition list is read once,
+    on the first publish (a Standard hub's partition count never changes).
     """
 
     def __init__(self, producer: EventHubProducerClient) -> None:
         self._producer = producer
         self._lock = threading.Lock()
+        self._partition_of: Callable[[str], str] | None = None
 
     @classmethod
     def from_connection_string(
@@ -124,8 +159,12 @@ class EventHubPublisher:
         sent = 0
         with self._lock:
             try:
+                if self._partition_of is None:
+                    self._partition_of = partition_resolver(self._producer.get_partition_ids())
                 for batch, _ in pack_batches(
-                    events, lambda key: self._producer.create_batch(partition_key=key)
+                    events,
+                    lambda pid: self._producer.create_batch(partition_id=pid),
+                    self._partition_of,
                 ):
                     self._producer.send_batch(batch)
                     sent += 1

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -51,3 +52,64 @@ def test_event_hub_publisher_unreachable_hub_is_transient():
         pub.close()
     assert info.value.retry_after == 5.0
     assert time.monotonic() - started < 30
+
+
+def test_partition_resolver_agrees_with_the_service_hash_the_emulator_implements():
+    from local.eventhubs.semantics import partition_for_key
+    from shared.publisher import partition_resolver
+
+    ids = [str(i) for i in range(8)]
+    resolve = partition_resolver(ids)
+    keys = [f"pump-{i:04d}" for i in range(200)] + ["a", "x' or 1", "ünïcode-é"]
+    assert [resolve(k) for k in keys] == [partition_for_key(k, ids) for k in keys]
+
+
+@pytest.mark.stack
+def test_a_request_from_many_devices_is_one_send_per_partition_in_order(tmp_path):
+    from azure.eventhub import EventHubConsumerClient
+
+    from local.eventhubs.runner import EmulatorThread
+    from local.eventhubs.semantics import partition_for_key
+    from tests.support.waiting import wait_until
+
+    with EmulatorThread(tmp_path / "hubs") as hubs:
+        pub = EventHubPublisher.from_connection_string(
+            hubs.connection_string(), eventhub_name="readings"
+        )
+        events = [
+            OutgoingEvent(f"pump-{d:04d}", f"pump-{d:04d}|{n}|".encode(), {"schema": 1})
+            for n in range(3)
+            for d in range(100)
+        ]
+        try:
+            sent = pub.publish(events)
+        finally:
+            pub.close()
+        assert sent == 4  # one batch per partition, not one per device
+        got: list = []
+        client = EventHubConsumerClient.from_connection_string(
+            hubs.connection_string(), consumer_group="$Default", eventhub_name="readings"
+        )
+        worker = threading.Thread(
+            target=client.receive_batch,
+            kwargs={
+                "on_event_batch": lambda ctx, batch: got.extend(
+                    (ctx.partition_id, e.body_as_str()) for e in batch
+                ),
+                "starting_position": "-1",
+                "max_wait_time": 0.5,
+            },
+            daemon=True,
+        )
+        worker.start()
+        assert wait_until(lambda: len(got) >= 300, timeout=20)
+        client.close()
+        worker.join(10)
+    ids = ["0", "1", "2", "3"]
+    seen: dict[str, list[str]] = {}
+    for partition, body in got:
+        device, n = body.split("|")[:2]
+        assert partition == partition_for_key(device, ids)
+        seen.setdefault(device, []).append(n)
+    assert all(ns == ["0", "1", "2"] for ns in seen.values())  # each device's order kept
+    assert len(seen) == 100
