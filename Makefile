@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo chaos eventhubs bench model model-serve model-report
+.PHONY: help setup test lint fmt unit clean demo chaos eventhubs bench bench-quick model model-serve model-report
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,13 +69,13 @@ model-serve: $(STAMP) ## Serve model/score.py with azmlinfsrv on 127.0.0.1:5001 
 	@AML_APP_ROOT=$(CURDIR) AZUREML_MODEL_DIR=$(CURDIR)/model/artifacts \
 		$(AZMLINFSRV) --entry_script model/score.py --port 5001
 
-bench: $(STAMP) ## Benchmarks that print their figures
-	@echo "==> Event Hubs emulator through the SDK"
-	@$(PY) bench/eventhubs.py
-	@echo "==> simulator: offline generation, 200 devices x 30 days"
-	@$(PY) bench/simulator_generate.py
-	@echo "==> model scoring: numpy core and HTTP through azmlinfsrv"
-	@$(PY) bench/model_scoring.py
+bench: setup ## Every benchmark (~12 min): bench/results.json, bench/RESULTS.md, bench/e2e_latency.png
+	@echo "==> make bench: each hop, the design's ratios, the table writer, and the whole stack at rising load"
+	@$(PY) bench/run_all.py
+
+bench-quick: setup ## The same figures on a smaller scale (~3 min), same files
+	@echo "==> make bench-quick: every benchmark on a small scale"
+	@$(PY) bench/run_all.py --quick
 
 # make demo [DURATION=120] [DEVICES=20] [SCORE_HOSTS=2]: empty DURATION runs until Ctrl-C.
 DURATION ?=

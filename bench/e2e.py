@@ -5,8 +5,9 @@
 Starts the demo's stack (Azurite, the Event Hubs emulator, azmlinfsrv with the real model, the
 dashboard, one HTTP host, two score hosts) on free ports and drives it with the simulated fleet
 through the ingest function, one stage per offered rate. A stage is *sustained* when the sender
-kept up (≥ 97 % of the offered readings acknowledged) and every reading it got accepted was
-stored within `settle_s` after the stage ended, so no backlog carried over. For each stage:
+got ≥ 97 % of the offered readings acknowledged, the backlog (accepted, not yet stored) grew by
+less than 10 % of the offered rate over the stage's second half, and what was left drained
+within 10 s of the stage's end. For each stage:
 offered and stored readings/s, p50/p99 latency from the 202 to the prediction row's Timestamp,
 and the CPU each process used per wall second, which names the bottleneck (the process closest
 to a full core; Node's Azurite and each Python process are single-core bound).
@@ -43,7 +44,13 @@ from simulator.fleet import Fleet, FleetConfig
 
 DEVICES = 100
 INTERVAL_S = 10.0  # simulated seconds between a device's readings
-SUSTAINED_SHARE = 0.97  # of the offered rate acknowledged; the backlog may grow by the rest
+SUSTAINED_SHARE = 0.97  # of the offered rate the sender must get acknowledged
+# The trigger gathers events for up to 2 s (host.json), so the backlog is a sawtooth: its slope
+# over a few seconds is noisy, and a stage that keeps up still ends with a few seconds of work.
+# A stage is sustained when the slope stays under 10 % of the offered rate and the rest drains
+# within 10 s; an overload of r × capacity leaves about (r - 1) × stage seconds more to drain.
+BACKLOG_GROWTH_SHARE = 0.10
+LAG_LIMIT_S = 10.0
 DRAIN_LIMIT_S = 60.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -70,11 +77,13 @@ class Stage:
 
     @property
     def sustained(self) -> bool:
-        """The sender kept up, the backlog held level, and it drained afterwards."""
+        """The sender kept up, the backlog held (about) level, and it drained soon after."""
         return (
             self.drained
             and self.accepted_per_s >= SUSTAINED_SHARE * self.offered
-            and self.backlog_growth_per_s <= (1 - SUSTAINED_SHARE) * self.offered
+            and self.backlog_growth_per_s <= BACKLOG_GROWTH_SHARE * self.offered
+            and self.lag_s is not None
+            and self.lag_s <= LAG_LIMIT_S
         )
 
 
@@ -105,9 +114,14 @@ class Sender:
         self.client = IngestClient(
             url, key, max_connections=6, session_factory=self.accepts.session_factory
         )
+        self.sending_s = 0.0
 
     def send(self, rate: float, seconds: float) -> None:
-        """Step the fleet so that `rate` readings/s go out for `seconds`."""
+        """Step the fleet so that `rate` readings/s go out for `seconds`, then flush.
+
+        `self.sending_s` is how long the stepping took: the span the offered rate is over
+        (the flush after it only waits for the last answers).
+        """
         period = DEVICES / rate
         started = time.monotonic()
         steps = math.ceil(seconds / period)
@@ -118,6 +132,7 @@ class Sender:
                 self.client.poll()
             self.client.submit(self.fleet.step())
             self.fleet.drain_truth()
+        self.sending_s = max(time.monotonic() - started, steps * period)
         self.client.flush()
 
     def close(self) -> None:
@@ -186,7 +201,7 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
             accepted_now = len(sender.accepts.accepted_at) - len(before)
             stored_now = sum(1 for k in written if k not in before)
             backlog.append((time.monotonic() - wall, accepted_now - stored_now))
-        stage.seconds = time.monotonic() - wall
+        stage.seconds = sender.sending_s
         ended = time.monotonic()
         accepted = {k: t for k, t in sender.accepts.snapshot().items() if k not in before}
         stage.accepted = len(accepted)
