@@ -1,13 +1,30 @@
-"""Per-device detector state: a few numbers per metric, versioned, plain JSON with finite floats.
+"""Per-device detector state: a few numbers per metric, versioned, a JSON object of finite floats.
 
 The state travels with every request (the pipeline stores it between calls), so it must be
-small and must never be a reason to fail: :func:`load_state` turns anything it cannot trust
-(missing, malformed, another version, non-finite numbers) into ``None``, and the detector then
-starts a fresh baseline for that device.
+small, cheap to read and write, and must never be a reason to fail: :func:`load_state` turns
+anything it cannot trust (missing, malformed, another version, non-finite numbers) into
+``None``, and the detector then starts a fresh baseline for that device.
+
+Version 4 (what :func:`dump_state` writes) keeps the names and integers as plain JSON and every
+float in one base64 string of little-endian float64 bytes, so the numbers round-trip bit for
+bit and cost no float formatting or parsing::
+
+    {"v": 4, "metrics": ["rpm", "temp"], "t_first": 1795737600000, "t_last": 1795797480000,
+     "bucket": 5985991, "folded": 5985990, "one": 34898, "x": "AAAAAAAA8D8..."}
+
+``x`` holds the numbers of version 3 in their order (see ``_layout``: symmetric matrices as
+upper triangles, diagonals above ``MAX_FULL_COV`` metrics). A part (a field of ``_layout``,
+or one time scale of a trend) whose entries all have the same bits (a weight shared by every
+metric, the usual case) is stored once: bit ``j`` of ``one`` marks the ``j``-th part so. The
+warm six-metric pump of ``bench/ratios.py`` takes 1,606 characters of compact JSON instead of
+3,651. Versions 1 to 3 (every float a JSON number) still load; :func:`dump_state` writes
+version 3 on request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,7 +34,7 @@ import numpy as np
 
 __all__ = ["STATE_VERSION", "DeviceState", "dump_state", "dump_states", "load_state", "load_states"]
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 # Time scales of the trend features (the failure predictor's inputs): short and long.
 TREND_SCALES = 2
 # Above this many metrics only variances are kept (no covariances), so the state stays well
@@ -197,17 +214,28 @@ def _unpack(values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def dump_state(state: DeviceState) -> dict[str, Any]:
-    """Return the JSON form ``{"v": 2, "metrics": [...], ...}``; symmetric matrices as triangles."""
-    return dump_states([state])[0]
+def dump_state(state: DeviceState, *, version: int = STATE_VERSION) -> dict[str, Any]:
+    """Return the JSON form ``{"v": 4, "metrics": [...], ..., "one": ..., "x": "<base64>"}``.
+
+    Args:
+        state: The state to store.
+        version: ``STATE_VERSION``, or 3 for every number a JSON number (what a model before
+            state version 4 reads; the tests build older states from it).
+    """
+    return dump_states([state], version=version)[0]
 
 
-def dump_states(states: Sequence[DeviceState]) -> list[dict[str, Any]]:
+def dump_states(
+    states: Sequence[DeviceState], *, version: int = STATE_VERSION
+) -> list[dict[str, Any]]:
     """:func:`dump_state` of each state; states with equally many metrics share each step.
 
-    Per group: one stacked array per field, one conversion of everything to Python floats,
-    then list slices per device (a state is dumped for every device of every request).
+    Per group: one stacked array holds every stored number (in ``_layout`` order); then per
+    device one base64 encoding of its row's bytes (version 4), or list slices of one
+    conversion of the group to Python floats (version 3).
     """
+    if version not in (3, STATE_VERSION):
+        raise ValueError(f"version: can write 3 or {STATE_VERSION}, not {version!r}")
     out: list[dict[str, Any]] = [{} for _ in states]
     groups: dict[int, list[int]] = {}
     for i, state in enumerate(states):
@@ -229,22 +257,106 @@ def dump_states(states: Sequence[DeviceState]) -> list[dict[str, Any]]:
                 d, len(_SCALARS)
             ),
         ]
-        flat = np.concatenate(parts, axis=1).tolist()
-        spans: list[tuple[str, int, int]] = []
-        pos = 0
-        for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
-            spans.append((key, pos, pos + part.shape[1]))
-            pos += part.shape[1]
-        for i, state, values in zip(members, group, flat, strict=True):
-            doc: dict[str, Any] = {"v": STATE_VERSION, "metrics": list(state.names)}
-            for key in _INTS:
-                doc[key] = int(getattr(state, key))
-            for key, s, e in spans:
-                doc[key] = values[s:e]
-            for j, key in enumerate(_SCALARS):
-                doc[key] = values[pos + j]
+        docs = [
+            {"v": version, "metrics": list(s.names), **{key: int(getattr(s, key)) for key in _INTS}}
+            for s in group
+        ]
+        if version == 3:
+            _dump_numbers(parts, docs)
+        else:
+            _dump_packed(k, np.concatenate(parts, axis=1), docs)
+        for i, doc in zip(members, docs, strict=True):
             out[i] = doc
     return out
+
+
+def _dump_numbers(parts: list[np.ndarray], docs: list[dict[str, Any]]) -> None:
+    """Version 3: each field a list of JSON numbers, each scalar a number."""
+    flat = np.concatenate(parts, axis=1).tolist()
+    spans: list[tuple[str, int, int]] = []
+    pos = 0
+    for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
+        spans.append((key, pos, pos + part.shape[1]))
+        pos += part.shape[1]
+    for doc, values in zip(docs, flat, strict=True):
+        for key, s, e in spans:
+            doc[key] = values[s:e]
+        for j, key in enumerate(_SCALARS):
+            doc[key] = values[pos + j]
+
+
+def _dump_packed(k: int, flat: np.ndarray, docs: list[dict[str, Any]]) -> None:
+    """Version 4: ``one`` and ``x`` of each row of ``flat``; rows sharing ``one`` pack together.
+
+    A part is stored once when all its entries have the bits of its first (bits, not values:
+    -0.0 and 0.0 are equal numbers, and the round trip must be exact).
+    """
+    d = flat.shape[0]
+    starts, widths, multi = _packing(k)
+    bits = np.ascontiguousarray(flat, dtype=np.float64).view(np.int64)
+    differs = bits != np.repeat(bits[:, starts], widths, axis=1)
+    counts = np.zeros((d, bits.shape[1] + 1), dtype=np.int64)
+    np.cumsum(differs, axis=1, out=counts[:, 1:])
+    same = (counts[:, starts + widths] == counts[:, starts])[:, multi]
+    weights = np.left_shift(1, np.flatnonzero(multi)).astype(np.int64)
+    masks = (same.astype(np.int64) @ weights).tolist()
+    by_mask: dict[int, list[int]] = {}
+    for i, mask in enumerate(masks):
+        by_mask.setdefault(mask, []).append(i)
+    for mask, rows in by_mask.items():
+        cols = _kept(k, mask)
+        blob = memoryview(np.ascontiguousarray(flat[np.ix_(rows, cols)], dtype="<f8").tobytes())
+        step = 8 * len(cols)
+        for n, i in enumerate(rows):
+            docs[i]["one"] = mask
+            docs[i]["x"] = base64.b64encode(blob[n * step : (n + 1) * step]).decode("ascii")
+
+
+@lru_cache(maxsize=64)
+def _packing(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and width of each part of the version-4 layout, and which may be stored once.
+
+    A part is a field, except that a trend is one part per time scale (its weights differ
+    between the scales but not between metrics).
+    """
+    widths = np.array(
+        [
+            w
+            for key, n in _layout(k, STATE_VERSION)[0]
+            for w in ([k] * TREND_SCALES if key in _TRENDS else [1 if n < 0 else n])
+        ],
+        dtype=np.int64,
+    )
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    return starts, widths, widths >= 2
+
+
+@lru_cache(maxsize=256)
+def _kept(k: int, mask: int) -> np.ndarray:
+    """Columns of the full layout that version 4 stores for ``mask`` (a part's first alone)."""
+    starts, widths, _ = _packing(k)
+    return np.concatenate(
+        [
+            np.arange(a, a + (1 if mask >> j & 1 else w), dtype=np.intp)
+            for j, (a, w) in enumerate(zip(starts.tolist(), widths.tolist(), strict=True))
+        ]
+    )
+
+
+@lru_cache(maxsize=256)
+def _spread(k: int, mask: int) -> np.ndarray:
+    """For each column of the full layout, its column in the version-4 ``x`` of ``mask``."""
+    widths = _packing(k)[1]
+    out: list[int] = []
+    pos = 0
+    for j, w in enumerate(widths.tolist()):
+        if mask >> j & 1:
+            out += [pos] * w
+            pos += 1
+        else:
+            out += range(pos, pos + w)
+            pos += w
+    return np.array(out, dtype=np.intp)
 
 
 @lru_cache(maxsize=64)
@@ -253,6 +365,7 @@ def _diag(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _NUMBER = frozenset((int, float))
+_VERSIONS = (1, 2, 3, STATE_VERSION)
 # Fields that can never be negative: weights, sums of squares, and the covariance's diagonal.
 _NONNEG = (
     *("w_mean", "w_slow", "w_cov", "p_w", "p_n", "tr_w", "tg_w", "pc_n", "tr_q", "pc_q"),
@@ -288,7 +401,10 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
 
 def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
     """Version, metric names and integers of a stored state, or None if any is wrong."""
-    if not isinstance(raw, Mapping) or raw.get("v") not in (1, 2, STATE_VERSION):
+    if not isinstance(raw, Mapping):
+        return None
+    version = raw.get("v")
+    if type(version) is not int or version not in _VERSIONS:
         return None
     names = raw.get("metrics")
     if (
@@ -303,7 +419,31 @@ def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
         if isinstance(value, bool) or not isinstance(value, int):
             return None
         ints[key] = value
-    return raw["v"], names, ints
+    return version, names, ints
+
+
+def _packed(raw: Mapping[str, Any], k: int) -> tuple[int, bytes] | None:
+    """``one`` and the bytes of ``x`` of a version-4 state; None unless both fit ``k`` metrics.
+
+    ``x`` must be strict base64 (no stray characters, padding in place) of exactly the
+    stored fields' float64s.
+    """
+    mask, text = raw.get("one"), raw.get("x")
+    if type(mask) is not int or mask < 0 or mask & ~_storable(k) or type(text) is not str:
+        return None
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(blob) != 8 * len(_kept(k, mask)):
+        return None
+    return mask, blob
+
+
+@lru_cache(maxsize=64)
+def _storable(k: int) -> int:
+    """The bits ``one`` may set for ``k`` metrics: parts of two or more entries."""
+    return sum(1 << j for j in np.flatnonzero(_packing(k)[2]).tolist())
 
 
 def _numbers(raw: Mapping[str, Any], fields: list[tuple[str, int]]) -> list[Any] | None:
@@ -339,30 +479,41 @@ def load_states(raws: Sequence[object]) -> list[DeviceState | None]:
     """:func:`load_state` of each; states with equally many metrics are checked together.
 
     Per group one array holds every number (one conversion, one finiteness and one sign
-    check for all), and the states' arrays are rows of its fields.
+    check for all), and the states' arrays are rows of its fields. Version-4 states that
+    share ``one`` are one buffer of their bytes, spread to the full layout in one step.
     """
     out: list[DeviceState | None] = [None] * len(raws)
-    groups: dict[tuple[int, int], list[tuple[int, list[str], dict[str, int], list[Any]]]] = {}
+    groups: dict[tuple[int, int, int], list[tuple[int, list[str], dict[str, int], Any]]] = {}
     for i, raw in enumerate(raws):
         head = _header(raw)
         if head is None:
             continue
         version, names, ints = head
-        values = _numbers(raw, _layout(len(names), version)[0])  # type: ignore[arg-type]
-        if values is not None:
-            groups.setdefault((len(names), version), []).append((i, names, ints, values))
-    for (k, version), members in groups.items():
-        fields, nonneg = _layout(k, version)
-        try:
-            flat = np.array([m[3] for m in members], dtype=float)
-        except OverflowError:
-            if len(members) == 1:
-                continue  # a number too large for a float: not a state of ours
-            for m in members:
-                out[m[0]] = load_states([raws[m[0]]])[0]
+        k = len(names)
+        if version == STATE_VERSION:
+            packed = _packed(raw, k)  # type: ignore[arg-type]
+            if packed is not None:
+                groups.setdefault((k, version, packed[0]), []).append((i, names, ints, packed[1]))
             continue
+        values = _numbers(raw, _layout(k, version)[0])  # type: ignore[arg-type]
+        if values is not None:
+            groups.setdefault((k, version, 0), []).append((i, names, ints, values))
+    for (k, version, mask), members in groups.items():
+        fields, nonneg = _layout(k, version)
         d = len(members)
-        flat = flat.reshape(d, -1)
+        if version == STATE_VERSION:
+            stored = np.frombuffer(b"".join(m[3] for m in members), dtype="<f8")
+            flat = stored.reshape(d, -1)[:, _spread(k, mask)].astype(np.float64, copy=False)
+        else:
+            try:
+                flat = np.array([m[3] for m in members], dtype=float)
+            except OverflowError:
+                if len(members) == 1:
+                    continue  # a number too large for a float: not a state of ours
+                for m in members:
+                    out[m[0]] = load_states([raws[m[0]]])[0]
+                continue
+            flat = flat.reshape(d, -1)
         ok = (np.isfinite(flat).all(axis=1) & ~(flat[:, nonneg] < 0).any(axis=1)).tolist()
         arrays: dict[str, np.ndarray] = {}
         scalars: dict[str, list[float]] = {key: [0.0] * d for key in _SCALARS}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model.detector import DetectorConfig, score_device
-from model.state import DeviceState, dump_state, load_state
+from model.state import STATE_VERSION, DeviceState, dump_state, load_state
 from simulator.anomalies import ANOMALY_KINDS
 from simulator.fleet import METRICS, Chunk, Fleet, FleetConfig
 
@@ -202,7 +202,7 @@ def test_dump_state_is_small_versioned_json() -> None:
     names, t, x = device_arrays(fleet, chunk, 0)
     state, _ = score_device(None, names, t, x)
     raw = dump_state(state)
-    assert raw["v"] == 3
+    assert raw["v"] == STATE_VERSION == 4
     assert raw["metrics"] == names
     text = json.dumps(raw, allow_nan=False)
     assert len(text) < 16_000
@@ -231,7 +231,7 @@ def test_dump_state_is_small_versioned_json() -> None:
     ],
 )
 def test_load_state_rejects_foreign_or_malformed(raw: object) -> None:
-    good = dump_state(DeviceState.fresh(["a", "b"], 0, 0))
+    good = dump_state(DeviceState.fresh(["a", "b"], 0, 0), version=3)
     if raw == "truncated":
         raw = {**good, "mean": [0.0]}
     elif raw == "non-finite":
@@ -253,7 +253,7 @@ def test_load_state_keeps_a_version_1_baseline_and_starts_its_trend() -> None:
     state, _ = score_device(None, names, t, x)
     v1 = {
         key: value
-        for key, value in dump_state(state).items()
+        for key, value in dump_state(state, version=3).items()
         if not key.startswith(("tr_", "tg_", "pc_", "pg_"))
     }
     v1["v"] = 1
@@ -271,7 +271,7 @@ def test_load_state_keeps_a_version_2_baseline_and_starts_its_step_scale() -> No
     state, _ = score_device(None, names, t, x)
     v2 = {
         key: value
-        for key, value in dump_state(state).items()
+        for key, value in dump_state(state, version=3).items()
         if key not in ("last", "last_ok", "step", "w_step", "p_d", "p_dn", "t_move")
     }
     v2["v"] = 2
@@ -284,9 +284,12 @@ def test_load_state_keeps_a_version_2_baseline_and_starts_its_step_scale() -> No
 
 
 def test_load_state_rejects_a_move_after_the_latest_reading() -> None:
-    raw = dump_state(DeviceState.fresh(["a", "b", "c"], 1_000, 0))
+    raw = dump_state(DeviceState.fresh(["a", "b", "c"], 1_000, 0), version=3)
     assert load_state({**raw, "t_move": 1_000.0}) is not None
     assert load_state({**raw, "t_move": 1_001.0}) is None
+    moved = DeviceState.fresh(["a", "b", "c"], 1_000, 0)
+    moved.t_move = 1_001.0
+    assert load_state(json.loads(json.dumps(dump_state(moved)))) is None
 
 
 def test_score_device_a_steadily_running_machine_is_never_in_a_transient() -> None:

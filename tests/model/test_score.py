@@ -6,11 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from model import score
 from model.detector import DetectorConfig
 from model.score import CONTRACT, MODEL_VERSION, BadRequest, init, run, score_request
+from model.state import load_state
 from shared.predictions import MAX_STATE_CHARS, parse_device_result
 from shared.readings import validate_reading
 from simulator.fleet import Fleet, FleetConfig
@@ -62,7 +64,7 @@ def test_run_answers_one_prediction_per_reading_in_order() -> None:
             assert p["maintenance_due"] is None
             assert 0.0 <= p["anomaly_score"] <= 1.0
             assert p["is_anomaly"] is (p["anomaly_score"] >= 0.9)
-        assert device["state"]["v"] == 3
+        assert device["state"]["v"] == 4
 
 
 def test_run_response_passes_the_pipeline_validator() -> None:
@@ -100,13 +102,14 @@ def test_run_many_requests_passing_state_equal_one_request() -> None:
         assert [p["top_metric"] for p in got] == [p["top_metric"] for p in device["predictions"]]
         for a, b in zip(got, device["predictions"], strict=True):
             assert a["anomaly_score"] == pytest.approx(b["anomaly_score"], abs=1e-9)
-        state = states[device["device_id"]]
-        assert state.keys() == device["state"].keys()
-        for key, value in device["state"].items():
-            if key == "metrics" or not isinstance(value, list):
-                assert state[key] == value, key
+        split, one = load_state(states[device["device_id"]]), load_state(device["state"])
+        assert split is not None
+        assert one is not None
+        for key, value in vars(one).items():
+            if isinstance(value, np.ndarray):
+                assert getattr(split, key) == pytest.approx(value, rel=1e-9, abs=1e-9), key
             else:
-                assert state[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+                assert getattr(split, key) == value, key
 
 
 def test_run_scores_readings_with_missing_metrics_repeats_and_disorder() -> None:
@@ -136,7 +139,7 @@ def test_run_starts_fresh_on_a_foreign_state_and_answers_an_empty_device() -> No
     }
     out = run(json.dumps(body))
     assert out["devices"][0]["predictions"] == []
-    assert out["devices"][0]["state"]["v"] == 3
+    assert out["devices"][0]["state"]["v"] == 4
     assert out["devices"][1]["state"]["metrics"] == ["t"]
 
 
