@@ -11,7 +11,8 @@ The failure predictor (``model.failure``) fills ``failure_probability`` and
 ``maintenance_due`` when its artifact has a predictor for the device's metric set and the
 device's trend has enough history; otherwise they are ``null``, never a made-up number.
 
-Devices are scored together (:func:`model.detector.score_devices`), and the per-reading work
+Devices are scored together (:func:`model.detector.score_devices`), the failure predictor runs
+once per metric set rather than once per device, and the per-reading work
 here (timestamps, metric values) avoids per-reading objects where it can: a 2,000-reading
 request spends most of its time in this module, not in numpy.
 """
@@ -30,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from model.detector import DetectorConfig, score_devices
+from model.detector import DetectorConfig, DeviceScores, score_devices
 from model.failure import FailureModel, load_failure_model
-from model.state import dump_states, load_states
+from model.state import DeviceState, dump_states, load_states
 
 __all__ = [
     "CONTRACT",
@@ -252,6 +253,44 @@ def _device_arrays(
     return list(index), t, x, stamps
 
 
+def _failure_fields(
+    results: list[tuple[DeviceState, DeviceScores]],
+) -> list[tuple[list[float | None], list[bool | None]]]:
+    """``failure_probability`` and ``maintenance_due`` of every reading of every device.
+
+    The predictor works row by row, so devices with the same metrics (in the same order) go
+    through it in one call, and its arrays become Python values in one conversion per group.
+    A reading without a prediction (no predictor for the metric set, trend not ready) gets
+    ``None`` for both.
+    """
+    out: list[tuple[list[float | None], list[bool | None]]] = [
+        ([None] * n, [None] * n) for n in (scores.score.shape[0] for _, scores in results)
+    ]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, (state, scores) in enumerate(results):
+        if scores.score.shape[0]:
+            groups.setdefault(tuple(state.names), []).append(i)
+    for names, members in groups.items():
+        scored = [results[i][1] for i in members]
+        failure = _failure.predict(
+            list(names),
+            np.concatenate([s.features for s in scored]),
+            np.concatenate([s.ready for s in scored]),
+        )
+        if failure is None:
+            continue
+        p_arr = np.asarray(failure[0], dtype=float)
+        missing = np.isnan(p_arr)
+        probs = np.where(missing, None, p_arr.astype(object)).tolist()
+        dues = np.where(missing, None, np.asarray(failure[1], dtype=bool).astype(object)).tolist()
+        pos = 0
+        for i, s in zip(members, scored, strict=True):
+            n = s.score.shape[0]
+            out[i] = (probs[pos : pos + n], dues[pos : pos + n])
+            pos += n
+    return out
+
+
 def score_request(request: object, config: DetectorConfig | None = None) -> dict[str, Any]:
     """Score a parsed request and return the response (a pure function of its input).
 
@@ -277,48 +316,45 @@ def score_request(request: object, config: DetectorConfig | None = None) -> dict
             raise RequestError(f"{where}.device_id", "must be a non-empty string")
         names, t_ms, x, stamps = _device_arrays(device.get("readings"), f"{where}.readings", cache)
         parsed.append((device_id, names, t_ms, x, stamps))
-    states = load_states([device.get("state") for device in devices])
+    raw_states = [device.get("state") for device in devices]
+    states = load_states(raw_states)
+    for d, (raw_state, state) in enumerate(zip(raw_states, states, strict=True)):
+        if state is None and raw_state is not None:
+            logger.warning(
+                "devices[%d].state of %s: not a state this model can use (foreign version, "
+                "malformed or corrupt); the device starts a fresh baseline",
+                d,
+                parsed[d][0],
+            )
     results = score_devices(
         states, [p[1] for p in parsed], [p[2] for p in parsed], [p[3] for p in parsed], cfg
     )
     dumped = dump_states([state for state, _ in results])
+    failures = _failure_fields(results)
     out: list[dict[str, Any]] = []
-    for (device_id, _, _, _, stamps), (state, scores), raw_state in zip(
-        parsed, results, dumped, strict=True
+    for (device_id, _, _, _, stamps), (state, scores), raw_state, (prob, due) in zip(
+        parsed, results, dumped, failures, strict=True
     ):
         names = [*state.names, None]  # top == -1 (nothing scored) names nothing
-        failure = _failure.predict(state.names, scores.features, scores.ready)
-        if failure is None:
-            prob: list[float | None] | None = None
-            due: list[bool | None] | None = None
-        else:
-            p_arr = np.asarray(failure[0], dtype=float)
-            nan = np.isnan(p_arr).tolist()
-            prob = [None if m else v for m, v in zip(nan, p_arr.tolist(), strict=True)]
-            due = [
-                None if m else bool(v)
-                for m, v in zip(nan, np.asarray(failure[1]).tolist(), strict=True)
-            ]
         preds = [
             {
                 "timestamp": stamp,
                 "anomaly_score": score,
                 "is_anomaly": flag,
                 "top_metric": names[top],
-                "failure_probability": None,
-                "maintenance_due": None,
+                "failure_probability": p,
+                "maintenance_due": m,
             }
-            for stamp, score, flag, top in zip(
+            for stamp, score, flag, top, p, m in zip(
                 stamps,
                 scores.score.tolist(),
                 scores.is_anomaly.tolist(),
                 scores.top.tolist(),
+                prob,
+                due,
                 strict=True,
             )
         ]
-        if prob is not None and due is not None:
-            for pred, p, m in zip(preds, prob, due, strict=True):
-                pred["failure_probability"], pred["maintenance_due"] = p, m
         out.append({"device_id": device_id, "state": raw_state, "predictions": preds})
     return {"model_version": MODEL_VERSION, "devices": out}
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from model.score import CONTRACT, MODEL_VERSION, BadRequest, init, run, score_re
 from model.state import load_state
 from shared.predictions import MAX_STATE_CHARS, parse_device_result
 from shared.readings import validate_reading
-from simulator.fleet import Fleet, FleetConfig
+from simulator.fleet import Fleet, FleetConfig, kind_metrics
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -225,3 +227,59 @@ def test_run_bad_request_is_an_aml_response_under_the_inference_server(
     out = run(json.dumps({"contract": 1}))
     assert isinstance(out, AMLResponse)
     assert calls == [({"error": "must be an array", "field": "devices"}, 400, True)]
+
+
+def test_score_request_devices_sharing_metrics_get_the_failure_fields_they_get_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Devices with the same metrics go through the trained predictor in one call; each
+    # reading's fields must be what the device gets in a request of its own.
+    artifacts = Path(__file__).resolve().parents[2] / "model" / "artifacts"
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(artifacts))
+    init()
+    try:
+        rng = random.Random(5)
+        pump = kind_metrics("pump")
+        t0 = datetime(2026, 11, 27, tzinfo=UTC)
+
+        def readings(start: int, n: int) -> list[dict[str, Any]]:
+            return [
+                {
+                    "timestamp": (t0 + timedelta(seconds=120 * i)).isoformat(),
+                    "metrics": {
+                        m: 100.0 * (k + 1) + rng.gauss(0.0, 1.0) for k, m in enumerate(pump)
+                    },
+                }
+                for i in range(start, start + n)
+            ]
+
+        warm = score_request(
+            {
+                "contract": CONTRACT,
+                "devices": [{"device_id": "w", "state": None, "readings": readings(0, 500)}],
+            }
+        )["devices"][0]["state"]
+        devices = [
+            {
+                "device_id": f"pump-{d}",
+                "state": warm if d % 4 else None,
+                "readings": readings(500, 12),
+            }
+            for d in range(9)
+        ]
+        devices.append({"device_id": "reordered", "state": None, "readings": [
+            {"timestamp": r["timestamp"], "metrics": dict(reversed(r["metrics"].items()))}
+            for r in readings(500, 12)
+        ]})  # fmt: skip
+        together = score_request({"contract": CONTRACT, "devices": devices})["devices"]
+        alone = [
+            score_request({"contract": CONTRACT, "devices": [device]})["devices"][0]
+            for device in devices
+        ]
+    finally:
+        monkeypatch.delenv("AZUREML_MODEL_DIR")
+        init()
+    assert together == alone
+    probs = [p["failure_probability"] for d in together for p in d["predictions"]]
+    assert sum(p is not None for p in probs) >= 60  # the warm pumps' readings
+    assert all(type(p) is float for p in probs if p is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,7 +204,9 @@ def test_load_state_rejects_a_corrupt_version_4_state(how: str) -> None:
     assert_identical(load_states([raw, bad, raw])[2], state)
 
 
-def test_run_scores_a_device_with_a_corrupt_state_from_a_fresh_baseline() -> None:
+def test_run_scores_a_device_with_a_corrupt_state_from_a_fresh_baseline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # A state the model cannot trust costs that device a warm-up, never the request: a 400
     # would fail every device of the micro-batch, and the device's next request again.
     readings = [
@@ -220,8 +223,10 @@ def test_run_scores_a_device_with_a_corrupt_state_from_a_fresh_baseline() -> Non
             {"device_id": "none", "state": None, "readings": readings},
         ],
     }
-    out = run(json.dumps(body))
+    with caplog.at_level(logging.WARNING, logger="model.score"):
+        out = run(json.dumps(body))
     assert "error" not in out
+    assert [r.getMessage()[:24] for r in caplog.records] == ["devices[0].state of bad:"]
     bad_out, fresh_out = out["devices"]
     assert bad_out["state"] == fresh_out["state"]
     assert bad_out["predictions"] == fresh_out["predictions"]
