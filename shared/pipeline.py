@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -70,6 +72,7 @@ class BatchReport:
     dead_letters: int = 0
     requests: int = 0
     reasons: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per step, for logs and benches
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,16 @@ def _event_letter(event: IncomingEvent, reason: str, now: datetime) -> DeadLette
         offset=event.offset,
         sequence_number=event.sequence_number,
     )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the block to `timings[step]` (ms; a rescored batch adds up)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + (time.perf_counter() - started) * 1000
 
 
 class ScoringPipeline:
@@ -136,13 +149,14 @@ class ScoringPipeline:
         report.devices = len(devices)
         report.readings = sum(len(r) for r in devices.values())
 
+        timings = report.timings_ms
         try:
-            predictions, letters, requests = self._score_and_store(devices, origins, now)
+            predictions, letters, requests = self._score_and_store(devices, origins, now, timings)
         except ConflictError:
             # Another worker wrote some of these states since we cached them: score again
             # from what is stored now (the cache forgot those devices).
             log.warning("device states changed under this worker; scoring the batch again")
-            predictions, letters, requests = self._score_and_store(devices, origins, now)
+            predictions, letters, requests = self._score_and_store(devices, origins, now, timings)
         if event_letters:
             self._dead_letter(event_letters)
         letters = event_letters + letters
@@ -162,7 +176,7 @@ class ScoringPipeline:
         report.reasons = [letter.reason for letter in letters]
         log.info(
             "scored %d readings of %d devices from %d events in %d requests: "
-            "%d predictions, %d anomalies, %d dead letters",
+            "%d predictions, %d anomalies, %d dead letters (ms: %s)",
             report.readings,
             report.devices,
             report.events,
@@ -170,35 +184,46 @@ class ScoringPipeline:
             report.predictions,
             report.anomalies,
             report.dead_letters,
+            " ".join(f"{k} {v:.0f}" for k, v in timings.items()),
         )
         return report
 
     def _score_and_store(
-        self, devices: dict[str, list[Reading]], origins: dict[int, _Origin], now: datetime
+        self,
+        devices: dict[str, list[Reading]],
+        origins: dict[int, _Origin],
+        now: datetime,
+        timings: dict[str, float],
     ) -> tuple[list[Prediction], list[DeadLetter], int]:
-        snapshot = self.states.get_many(list(devices))
-        outcome = self.batcher.score(devices, snapshot.states)
+        with _timed(timings, "states_read"):
+            snapshot = self.states.get_many(list(devices))
+        with _timed(timings, "score"):
+            outcome = self.batcher.score(devices, snapshot.states)
         letters: list[DeadLetter] = []
         for rejection in outcome.rejected:
             letters += self._letters(
                 rejection.device_id, rejection.readings, rejection.reason, "model", origins, now
             )
         rejected = {id(r) for rejection in outcome.rejected for r in rejection.readings}
-        for device_id, reason in self._store_predictions(outcome).items():
+        with _timed(timings, "predictions_write"):
+            refused = self._store_predictions(outcome)
+        for device_id, reason in refused.items():
             del outcome.results[device_id]
             scored = [r for r in devices[device_id] if id(r) not in rejected]
             letters += self._letters(device_id, scored, reason, "store", origins, now)
         predictions = [p for result in outcome.results.values() for p in result.predictions]
-        self._index_anomalies(outcome.results)
+        with _timed(timings, "anomalies_write"):
+            self._index_anomalies(outcome.results)
         if letters:
             self._dead_letter(letters)
         if outcome.results:
-            self.states.put_many(
-                {d: r.state for d, r in outcome.results.items()},
-                snapshot,
-                model_version=outcome.model_version or "unknown",
-                now=now,
-            )
+            with _timed(timings, "states_write"):
+                self.states.put_many(
+                    {d: r.state for d, r in outcome.results.items()},
+                    snapshot,
+                    model_version=outcome.model_version or "unknown",
+                    now=now,
+                )
         return predictions, letters, outcome.requests
 
     def _store_predictions(self, outcome: ScoreOutcome) -> dict[str, str]:

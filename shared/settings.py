@@ -45,6 +45,11 @@ SETTINGS: tuple[Setting, ...] = (
         True,
     ),
     Setting("TABLE_PREFIX", "", "Prefix for the four table names (a letter, then letters/digits)"),
+    Setting(
+        "TABLE_WRITE_CONCURRENCY",
+        "16",
+        "Table transactions in flight per worker (one per device and batch: latency, not CPU)",
+    ),
     Setting("AML_ENDPOINT_URL", None, "Scoring URI of the Azure ML online endpoint"),
     Setting("AML_ENDPOINT_KEY", None, "Key of the AML endpoint (sent as a Bearer token)", True),
     Setting(
@@ -112,6 +117,7 @@ class Settings:
     eventhub_consumer_group: str
     tables_connection: str
     table_prefix: str
+    table_write_concurrency: int
     aml_endpoint_url: str
     aml_endpoint_key: str
     aml_deployment: str
@@ -245,6 +251,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         eventhub_consumer_group=_text(env, "EVENTHUB_CONSUMER_GROUP"),
         tables_connection=tables,
         table_prefix=prefix,
+        table_write_concurrency=_number(env, "TABLE_WRITE_CONCURRENCY", int, 1, 64),
         aml_endpoint_url=_url(env, "AML_ENDPOINT_URL"),
         aml_endpoint_key=_text(env, "AML_ENDPOINT_KEY"),
         aml_deployment=_text(env, "AML_DEPLOYMENT"),

@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any, Protocol, Self, TypeVar
 
+import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     HttpResponseError,
@@ -42,7 +43,9 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import EdmType, TableClient, TableServiceClient, UpdateMode
+from requests.adapters import HTTPAdapter
 
 from ._entities import (
     _INT32,
@@ -510,6 +513,7 @@ class TableStore(_StoreBase):
         self._read_workers = read_workers
         self._clients: dict[str, TableClient] = {}
         self._clients_lock = threading.Lock()
+        self._pools: dict[bool, ThreadPoolExecutor] = {}
 
     @classmethod
     def from_connection_string(
@@ -523,6 +527,12 @@ class TableStore(_StoreBase):
     ) -> TableStore:
         """Build from a storage connection string (never logged: it holds the account key)."""
         _check_prefix(table_prefix)
+        # One pooled connection per thread that may write or read at once: with the default
+        # pool of 10, extra threads would open and drop a connection per request.
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_maxsize=max(max_workers, read_workers) + 2)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         try:
             service = TableServiceClient.from_connection_string(
                 conn,
@@ -531,6 +541,7 @@ class TableStore(_StoreBase):
                 retry_backoff_max=4,
                 connection_timeout=5,
                 read_timeout=30,
+                transport=RequestsTransport(session=session, session_owner=True),
             )
         except ValueError:
             raise ConfigError("TABLES_CONNECTION", "is not a valid connection string") from None
@@ -539,7 +550,11 @@ class TableStore(_StoreBase):
         )
 
     def close(self) -> None:
-        """Close the HTTP session the table clients share."""
+        """Close the HTTP session the table clients share, and the worker threads."""
+        with self._clients_lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True)
         self._service.close()
 
     def __enter__(self) -> Self:
@@ -556,11 +571,21 @@ class TableStore(_StoreBase):
             return client
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T], *, reads: bool) -> list[R]:
-        workers = min(len(items), self._read_workers if reads else self.max_workers)
-        if workers <= 1:
+        limit = self._read_workers if reads else self.max_workers
+        if min(len(items), limit) <= 1:
             return [fn(item) for item in items]
-        with ThreadPoolExecutor(workers, thread_name_prefix="fleetscore-tables") as pool:
-            return list(pool.map(fn, items))
+        return list(self._executor(reads).map(fn, items))
+
+    def _executor(self, reads: bool) -> ThreadPoolExecutor:
+        """One long-lived pool for reads and one for writes (threads are not made per call)."""
+        with self._clients_lock:
+            pool = self._pools.get(reads)
+            if pool is None:
+                workers = self._read_workers if reads else self.max_workers
+                pool = self._pools[reads] = ThreadPoolExecutor(
+                    workers, thread_name_prefix=f"fleetscore-tables-{'r' if reads else 'w'}"
+                )
+            return pool
 
     def _create(self, table: str) -> None:
         with _mapped(f"create table {table}"):

@@ -61,7 +61,9 @@ def ingest_app() -> IngestApp:
 def query_store() -> TableStore:
     """One Table client per worker, shared by the query and score functions."""
     s = get_settings()
-    return TableStore.from_connection_string(s.tables_connection, table_prefix=s.table_prefix)
+    return TableStore.from_connection_string(
+        s.tables_connection, table_prefix=s.table_prefix, max_workers=s.table_write_concurrency
+    )
 
 
 def _sinks(s: Settings) -> list[PredictionSink]:
