@@ -245,7 +245,7 @@ def dump_states(
         d = len(group)
 
         def stacked(key: str, group: list[DeviceState] = group, d: int = d) -> np.ndarray:
-            return np.concatenate([getattr(s, key).reshape(-1) for s in group]).reshape(d, -1)
+            return np.array([getattr(s, key) for s in group], dtype=np.float64).reshape(d, -1)
 
         mats = [stacked(key).reshape(d, k, k) for key in _MATRICES]
         rows = _diag(k) if k > MAX_FULL_COV else _triu(k)
