@@ -205,3 +205,34 @@ def test_parse_device_result_returns_a_copy_of_the_state():
     result = parse_device_result(raw, readings(), "v1")
     raw["state"]["seen"] = 99
     assert result.state == {"seen": 3}
+
+
+def test_parse_device_result_checks_answers_against_the_stamps_sent():
+    stamps = ["2026-11-27T06:00:00.000Z", "2026-11-27T06:00:10.000Z", "2026-11-27T06:00:20.000Z"]
+    result = parse_device_result(answer(), readings(), "v1", stamps=stamps)
+    assert result == DeviceResult("a", {"seen": 3}, [prediction(0), prediction(1), prediction(2)])
+    assert result.state_json == '{"seen":3}'
+
+
+@pytest.mark.parametrize("where", [0, 2])
+def test_parse_device_result_finds_a_non_finite_value_anywhere_in_a_column(where):
+    raw = answer()
+    raw["predictions"][where]["failure_probability"] = math.nan
+    raw["predictions"][2 - where]["anomaly_score"] = math.inf
+    assert {(e.field, e.message) for e in details(raw)} == {
+        (f"predictions[{2 - where}].anomaly_score", "must be a number in [0, 1]"),
+        (f"predictions[{where}].failure_probability", "must be a number in [0, 1] or null"),
+    }
+
+
+def test_parse_device_result_integer_probabilities_become_floats():
+    raw = answer()
+    raw["predictions"][0]["failure_probability"] = 0
+    result = parse_device_result(raw, readings(), "v1")
+    assert result.predictions[0] == prediction(0, failure_probability=0.0)
+    assert type(result.predictions[0].failure_probability) is float
+
+
+def test_parse_device_result_of_no_readings_is_the_state_alone():
+    raw = {"device_id": "a", "state": {"seen": 0}, "predictions": []}
+    assert parse_device_result(raw, [], "v1") == DeviceResult("a", {"seen": 0}, [])
