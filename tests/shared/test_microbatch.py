@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -65,6 +65,29 @@ def test_chunk_device_respects_rows_and_bytes():
     by_bytes = chunk_device("a", rs, max_rows=1000, max_bytes=600)
     assert all(len(build_body([c], {})) <= 600 for c in by_bytes)
     assert [r for c in by_bytes for r in c.readings] == rs
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 300])
+def test_chunk_device_encodes_readings_as_reading_to_json_does(max_bytes):
+    ts = [
+        datetime(2026, 11, 27, 6, 0, tzinfo=UTC),
+        datetime(2026, 11, 27, 6, 0, 0, 7000, tzinfo=UTC),
+        datetime(2026, 11, 27, 8, 0, 0, 123000, tzinfo=timezone(timedelta(hours=2))),
+        datetime(999, 1, 2, 3, 4, 5, 999000, tzinfo=UTC),
+    ]
+    rs = [Reading("a", t, {"rpm": 1500.5, "temp_c": 40 + i}) for i, t in enumerate(ts)]
+    chunks = chunk_device("a", rs, max_rows=10, max_bytes=max_bytes)
+    assert [json.loads(c.readings_json) for c in chunks] == [
+        [r.to_json() for r in c.readings] for c in chunks
+    ]
+    assert [s for c in chunks for s in c.stamps] == [
+        "2026-11-27T06:00:00.000Z",
+        "2026-11-27T06:00:00.007Z",
+        "2026-11-27T06:00:00.123Z",
+        "999-01-02T03:04:05.999Z",
+    ]
+    assert [c.size for c in chunks] == [len(c.readings_json) - 1 for c in chunks]
+    assert len(chunks) == (1 if max_bytes > 300 else 2)
 
 
 def test_pack_requests_keeps_each_request_within_limits():
