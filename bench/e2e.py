@@ -7,7 +7,7 @@ dashboard, one HTTP host, two score hosts) on free ports and drives it with the 
 through the ingest function, one stage per offered rate. A stage is *sustained* when the sender
 got ≥ 97 % of the offered readings acknowledged, the backlog (accepted, not yet stored) grew by
 less than 10 % of the offered rate over the stage's second half, and what was left drained
-within 10 s of the stage's end. For each stage:
+within 20 s of the stage's end (a retried invocation alone waits 5 s). For each stage:
 offered and stored readings/s, p50/p99 latency from the 202 to the prediction row's Timestamp,
 and the CPU each process used per wall second, which names the bottleneck (the process closest
 to a full core; Node's Azurite and each Python process are single-core bound).
@@ -22,8 +22,8 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -49,13 +49,14 @@ INTERVAL_S = 10.0  # simulated seconds between a device's readings
 # (requests of 200) the same stack sustains ~1,000 readings/s: the Table transactions, one per
 # device and batch, are then nearly empty, and Azurite's cost is per transaction.
 READINGS_PER_REQUEST = 1000
+LOGS_ROOT = Path(__file__).resolve().parents[1] / ".local" / "bench-e2e"  # kept for a look after
 SUSTAINED_SHARE = 0.97  # of the offered rate the sender must get acknowledged
 # The trigger gathers events for up to 2 s (host.json), so the backlog is a sawtooth: its slope
 # over a few seconds is noisy, and a stage that keeps up still ends with a few seconds of work.
 # A stage is sustained when the slope stays under 10 % of the offered rate and the rest drains
-# within 10 s; an overload of r × capacity leaves about (r - 1) × stage seconds more to drain.
+# within 20 s; an overload of r × capacity leaves about (r - 1) × stage seconds more to drain.
 BACKLOG_GROWTH_SHARE = 0.10
-LAG_LIMIT_S = 10.0
+LAG_LIMIT_S = 20.0  # one failed invocation waits 5 s (function.json) before its retry
 DRAIN_LIMIT_S = 60.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -244,10 +245,11 @@ def measure(quick: bool = False) -> dict[str, Any]:
     )
     seconds = 10.0 if quick else 30.0
     stages: list[Stage] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="fleetscore-e2e-") as tmp,
-        running_stack(Path(tmp), score_hosts=2) as stack,
-    ):
+    workdir = LOGS_ROOT
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    print(f"  the stack's logs: {workdir / 'logs'}", file=sys.stderr, flush=True)
+    with running_stack(workdir, score_hosts=2) as stack:
         sender = Sender(stack.ingest_url, stack.function_key)
         try:
             sender.send(100.0, 3.0)  # warm every connection and the model's first states
