@@ -102,11 +102,17 @@ def test_with_aml_down_ingest_keeps_accepting_and_the_backlog_drains_by_itself(d
 
 
 def test_storage_and_event_hubs_restarts_lose_nothing(done):
+    phases = done.report.account.phases
     for start in ("Azurite restarted", "Event Hubs emulator killed"):
         phase = _phase(done, start)
+        after = phases[phases.index(phase) + 1]
         assert phase.notes["rebalanced"], start
-        assert phase.accepted > 0, start
+        assert phase.notes["caught_up"], start
         assert phase.missing == 0, start
+        # The fleet may still be backing off from the emulator's 503s when a short phase ends,
+        # so the readings exposed to the restart are those of the phase and the one after it.
+        assert phase.accepted + after.accepted > 0, start
+        assert after.missing == 0, start
 
 
 def test_each_poison_is_dead_lettered_with_its_reason_and_its_neighbours_are_stored(done):
