@@ -18,8 +18,6 @@ readings stored per CPU-second of the score hosts.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import shutil
@@ -34,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
+
+from _common import bench_parser, emit_json
 
 from local.demo.processes import free_ports
 from local.demo.stack import DemoConfig, Ports, Stack
@@ -313,18 +314,12 @@ def _figures(stages: list[Stage]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run and print the figures, then one JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="three short stages (~1 minute)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "three short stages (~1 minute)").parse_args(argv)
     figures = measure(quick=args.quick)
     for key, value in figures.items():
         if key != "e2e_stages":
             print(f"{key}: {value}")
-    line = json.dumps(figures)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
+    emit_json(figures, args.json)
 
 
 if __name__ == "__main__":

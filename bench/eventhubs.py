@@ -13,8 +13,6 @@ unit and meaning, then one JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -23,7 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 
+from _common import bench_parser, report
 from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
 
 from local.eventhubs.runner import EmulatorThread
@@ -140,22 +140,9 @@ def measure(
     }
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 events instead of 20,000")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser = bench_parser(__doc__, "5,000 events instead of 20,000")
     parser.add_argument("--events", type=int, help="events to send")
     parser.add_argument("--batch", type=int, default=100, help="events per send_batch")
     parser.add_argument("--body-bytes", type=int, default=400, help="bytes per event body")
@@ -168,7 +155,7 @@ def main() -> None:
         body_bytes=args.body_bytes,
         fsync=args.fsync,
     )
-    report(figures, args.json)
+    report(figures, FIGURES, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ per line with its unit and meaning, then one JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
+
+from _common import standard_main
 
 from local.eventhubs.runner import EmulatorThread
 from local.host.http import HttpHost
@@ -251,28 +253,13 @@ def measure(quick: bool = False, *, seconds: float | None = None) -> dict[str, f
     return figures
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print (or, with --client, be the devices' process)."""
     if sys.argv[1:2] == ["--client"]:
         url, batch, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
         print(json.dumps(run_clients(url, batch, CLIENTS, seconds)))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per batch size instead of 12 s")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    args = parser.parse_args()
-    report(measure(args.quick), args.json)
+    standard_main(measure, FIGURES, __doc__, "3 s per batch size instead of 12 s")
 
 
 if __name__ == "__main__":

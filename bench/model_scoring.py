@@ -16,16 +16,13 @@ JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,16 +30,16 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 
-import model.score as score_module
+from _common import ARTIFACTS, deployed_model, standard_main
+
 from model.detector import score_devices
 from model.score import CONTRACT, _device_arrays, score_request
 from model.state import load_state
 from simulator.fleet import kind_metrics
 from tests.support.azmlinfsrv import serve
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "model" / "artifacts"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 METRICS = kind_metrics("pump")
 BATCH = 2_000
@@ -126,22 +123,6 @@ def best_rate(call: Callable[[], object], readings: int, *, repeats: int) -> flo
     return readings / best
 
 
-@contextmanager
-def deployed_model() -> Iterator[None]:
-    """``model.score.init()`` with the artifact directory, as the server's worker runs it."""
-    before = os.environ.get("AZUREML_MODEL_DIR")
-    os.environ["AZUREML_MODEL_DIR"] = str(ARTIFACTS)
-    try:
-        score_module.init()
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("AZUREML_MODEL_DIR", None)
-        else:
-            os.environ["AZUREML_MODEL_DIR"] = before
-        score_module.init()
-
-
 def measure_core(*, repeats: int) -> dict[str, float | int]:
     """The detector alone per shape, and the whole ``score_request`` on the many-device shape."""
     figures: dict[str, float | int] = {}
@@ -213,24 +194,9 @@ def measure(quick: bool = False) -> dict[str, float | int]:
     return figures
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, one server run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    args = parser.parse_args()
-    report(measure(args.quick), args.json)
+    standard_main(measure, FIGURES, __doc__, "fewer repeats, one server run")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ unit and meaning, then one JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import socket
 import subprocess
@@ -31,6 +29,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
+
+from _common import standard_main
 
 from dashboard.store import dataset_id_for
 from shared.powerbi import sink_from_settings
@@ -169,24 +170,9 @@ def measure(quick: bool = False, *, seconds: float | None = None) -> dict[str, f
     }
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 s of offers instead of 30 s")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    args = parser.parse_args()
-    report(measure(args.quick), args.json)
+    standard_main(measure, FIGURES, __doc__, "5 s of offers instead of 30 s")
 
 
 if __name__ == "__main__":

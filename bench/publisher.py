@@ -12,8 +12,6 @@ real `EventHubPublisher` and the unmodified SDK.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
+
+from _common import bench_parser, emit_json
 
 from local.eventhubs.runner import EmulatorThread
 from shared.events import OutgoingEvent
@@ -83,18 +84,12 @@ def measure(quick: bool = False) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run and print the figures, then one JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests (~10 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "fewer requests (~10 s)").parse_args(argv)
     figures = measure(quick=args.quick)
     print(f"requests of {DEVICES} devices' events each, to the emulator (fsync always):")
     for key, value in figures.items():
         print(f"  {key}: {value}")
-    line = json.dumps(figures)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
+    emit_json(figures, args.json)
 
 
 if __name__ == "__main__":

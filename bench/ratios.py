@@ -32,22 +32,21 @@ unit and meaning, then one JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 
+from _common import ARTIFACTS, deployed_model, standard_main
 from azure.data.tables import TableServiceClient, UpdateMode
 from azure.eventhub import EventHubConsumerClient
 
@@ -67,8 +66,6 @@ from simulator.fleet import kind_metrics
 from tests.support.azmlinfsrv import serve
 from tests.support.azurite import run_azurite
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "model" / "artifacts"
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 METRICS = kind_metrics("pump")
 TRIGGER_DEVICES, PER_DEVICE = 256, 10  # one trigger batch: 256 events of 10 readings
@@ -132,22 +129,6 @@ def readings_of(device_id: str, start: datetime, n: int, rng: random.Random) -> 
 
 
 # --- micro-batching ------------------------------------------------------------------------
-
-
-@contextmanager
-def deployed_model() -> Iterator[None]:
-    """``model.score.init()`` with the artifact directory, as the server's worker runs it."""
-    before = os.environ.get("AZUREML_MODEL_DIR")
-    os.environ["AZUREML_MODEL_DIR"] = str(ARTIFACTS)
-    try:
-        score_module.init()
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("AZUREML_MODEL_DIR", None)
-        else:
-            os.environ["AZUREML_MODEL_DIR"] = before
-        score_module.init()
 
 
 def warm_state(rng: random.Random) -> dict[str, Any]:
@@ -446,24 +427,9 @@ def measure(quick: bool = False) -> dict[str, float | int]:
     return figures
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls and readings per side")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    args = parser.parse_args()
-    report(measure(args.quick), args.json)
+    standard_main(measure, FIGURES, __doc__, "fewer calls and readings per side")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ unit and meaning, then one JSON line. Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
+
+from _common import bench_parser, report
 
 from simulator.fleet import FleetConfig
 from simulator.generate import generate
@@ -65,26 +66,13 @@ def measure(
     }
 
 
-def report(figures: dict[str, float | int], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main() -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50 devices x 7 days (a few s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser = bench_parser(__doc__, "50 devices x 7 days (a few s)")
     parser.add_argument("--devices", type=int, help="override the number of devices")
     parser.add_argument("--days", type=float, help="override the simulated days")
     args = parser.parse_args()
-    report(measure(args.quick, devices=args.devices, days=args.days), args.json)
+    report(measure(args.quick, devices=args.devices, days=args.days), FIGURES, args.json)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ The machine is shared: figures are indicative. ``measure()`` returns them (see `
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import subprocess
@@ -37,7 +35,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 
+from _common import standard_main
 from azure.data.tables import UpdateMode
 
 from shared._entities import Entity, _plan, _prediction_entity
@@ -310,24 +310,9 @@ def measure(quick: bool = False) -> dict[str, float]:
     return {k: round(v, 1) for k, v in figures.items()}
 
 
-def report(figures: dict[str, float], json_path: str | None) -> None:
-    """Print each figure with its unit and meaning, then the JSON line; write it if asked."""
-    for key, value in figures.items():
-        unit, meaning = FIGURES.get(key, ("", ""))
-        print(f"{key} = {value:,} {unit}  ({meaning})")
-    line = json.dumps(figures)
-    print(line)
-    if json_path:
-        Path(json_path).write_text(line + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer predictions per figure")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    args = parser.parse_args(argv)
-    report(measure(args.quick), args.json)
+    standard_main(measure, FIGURES, __doc__, "fewer predictions per figure", argv)
 
 
 if __name__ == "__main__":
