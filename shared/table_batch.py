@@ -56,6 +56,16 @@ def _sdk_properties(name: str, value: Any) -> dict[str, Any]:
     return _add_entity_properties({name: value})
 
 
+def _is_int64(value: tuple[Any, ...]) -> bool:
+    """`(int, EdmType.INT64)` in range: what `shared._entities._value` makes of a big int."""
+    return (
+        len(value) == 2
+        and type(value[0]) is int
+        and value[1] == EdmType.INT64
+        and _INT64_MIN <= value[0] <= _INT64_MAX
+    )
+
+
 def _properties(entity: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON object the SDK sends for `entity` (its `_add_entity_properties`, fast path).
 
@@ -79,13 +89,7 @@ def _properties(entity: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = value
         elif value is None:
             continue
-        elif (
-            kind is tuple
-            and len(value) == 2
-            and type(value[0]) is int
-            and value[1] == EdmType.INT64
-            and _INT64_MIN <= value[0] <= _INT64_MAX
-        ):
+        elif kind is tuple and _is_int64(value):
             out[name] = str(value[0])
             out[name + "@odata.type"] = _INT64
         else:
@@ -143,13 +147,7 @@ def _entity_json(entity: Mapping[str, Any]) -> str:
             add(names[0] + int.__repr__(value))
         elif value is None:
             continue
-        elif (
-            kind is tuple
-            and len(value) == 2
-            and type(value[0]) is int
-            and value[1] == EdmType.INT64
-            and _INT64_MIN <= value[0] <= _INT64_MAX
-        ):
+        elif kind is tuple and _is_int64(value):
             add(f'{names[0]}"{int.__repr__(value[0])}"{names[3]}')
         else:
             return json.dumps(_properties(entity))
