@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
@@ -23,6 +22,7 @@ from shared.errors import ConfigError, PermanentError, TransientError
 from shared.predictions import Prediction
 from shared.store import InMemoryTableStore, PredictionPage, TableStore
 from tests.support.azurite import connection_string
+from tests.support.http_server import serving
 
 # Registers the Azurite fixtures when the root conftest does not import them yet; a conftest
 # import, once there, takes precedence and the session still starts one Azurite.
@@ -557,16 +557,9 @@ class _Canned(BaseHTTPRequestHandler):
 @pytest.fixture
 def canned_server() -> Iterator[type[_Canned]]:
     handler = type("Handler", (_Canned,), {"status": 503, "headers_out": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    handler.port = server.server_address[1]
-    try:
+    with serving(handler) as port:
+        handler.port = port
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize(

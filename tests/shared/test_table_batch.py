@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
@@ -23,6 +22,7 @@ from shared.predictions import Prediction
 from shared.store import TableStore, _mapped
 from shared.table_batch import _all_succeeded, encode_upserts, upsert_transaction
 from tests.support.azurite import connection_string
+from tests.support.http_server import serving
 
 T0 = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
 # Nothing listens on port 9: requests are captured before they would leave the process.
@@ -414,16 +414,9 @@ class _StandIn(BaseHTTPRequestHandler):
 @pytest.fixture
 def standin() -> Iterator[type[_StandIn]]:
     handler = type("Handler", (_StandIn,), {"batches": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    handler.port = server.server_address[1]
-    try:
+    with serving(handler) as port:
+        handler.port = port
         yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def standin_store(standin: type[_StandIn]) -> TableStore:
