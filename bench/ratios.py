@@ -55,13 +55,12 @@ from local.eventhubs.runner import EmulatorThread
 from local.eventhubs.semantics import partition_for_key
 from shared._entities import _prediction_entity
 from shared.events import OutgoingEvent, encode_device_events
-from shared.microbatch import MicroBatcher
 from shared.predictions import Prediction, parse_device_result
 from shared.publisher import EventHubPublisher
 from shared.readings import Reading, row_key
-from shared.scoring import AmlClient
 from shared.settings import load_settings
 from shared.store import TableStore
+from shared.wiring import micro_batcher
 from simulator.fleet import kind_metrics
 from tests.support.azmlinfsrv import serve
 from tests.support.azurite import run_azurite
@@ -180,19 +179,8 @@ def measure_microbatch(*, calls: int, singles: int) -> dict[str, float | int]:
     batched: dict[str, float] = {}
     client_cpu: dict[str, float] = {}
     with serve(model_dir=ARTIFACTS, workers=1) as url:
-        client = AmlClient(
-            f"{url}/score",
-            "bench",
-            timeout=s.aml_timeout_seconds,
-            pool_size=s.score_max_concurrency * 2,
-        )
-        batcher = MicroBatcher(
-            client,
-            max_rows=s.score_max_rows,
-            max_bytes=s.score_max_bytes,
-            max_concurrency=s.score_max_concurrency,
-            retry_deadline=s.score_retry_deadline_seconds,
-        )
+        batcher = micro_batcher(s, f"{url}/score", "bench")  # the app's own wiring
+        client = batcher.scorer
         try:
             for suffix, devices in work.items():
                 states: dict[str, dict[str, Any] | None] = dict.fromkeys(devices, state)

@@ -86,25 +86,30 @@ def _sinks(s: Settings) -> list[PredictionSink]:
     return sinks
 
 
-@functools.cache
-def score_app() -> ScoreApp:
-    """The scoring pipeline with its AML client, table store, state cache and sinks."""
-    s = get_settings()
-    store = query_store()
+def micro_batcher(s: Settings, url: str, key: str) -> MicroBatcher:
+    """The AML client and micro-batcher as the settings configure them (the bench uses it too)."""
     client = AmlClient(
-        s.aml_endpoint_url,
-        s.aml_endpoint_key,
+        url,
+        key,
         deployment=s.aml_deployment or None,
         timeout=s.aml_timeout_seconds,
         pool_size=s.score_max_concurrency * 2,
     )
-    batcher = MicroBatcher(
+    return MicroBatcher(
         client,
         max_rows=s.score_max_rows,
         max_bytes=s.score_max_bytes,
         max_concurrency=s.score_max_concurrency,
         retry_deadline=s.score_retry_deadline_seconds,
     )
+
+
+@functools.cache
+def score_app() -> ScoreApp:
+    """The scoring pipeline with its AML client, table store, state cache and sinks."""
+    s = get_settings()
+    store = query_store()
+    batcher = micro_batcher(s, s.aml_endpoint_url, s.aml_endpoint_key)
     pipeline = ScoringPipeline(
         store=store,
         batcher=batcher,
