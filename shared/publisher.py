@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub.exceptions import (
@@ -32,6 +32,9 @@ from azure.eventhub.exceptions import (
 
 from .errors import PermanentError, TransientError
 from .events import OutgoingEvent
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 __all__ = ["DEFAULT_MAX_BATCH_BYTES", "EventHubPublisher", "EventPublisher", "InMemoryPublisher"]
 
@@ -148,6 +151,30 @@ class EventHubPublisher:
         producer = EventHubProducerClient.from_connection_string(
             conn_str,
             eventhub_name=eventhub_name,
+            retry_total=retry_total,
+            retry_backoff_factor=0.5,
+            retry_backoff_max=4,
+        )
+        return cls(producer)
+
+    @classmethod
+    def from_namespace(
+        cls,
+        fully_qualified_namespace: str,
+        *,
+        eventhub_name: str,
+        credential: TokenCredential,
+        retry_total: int = 2,
+    ) -> EventHubPublisher:
+        """Build a publisher that signs in with `credential` (a managed identity on Azure).
+
+        No key in app settings: the identity needs "Azure Event Hubs Data Sender" on the hub
+        or its namespace. The client connects lazily, on the first send.
+        """
+        producer = EventHubProducerClient(
+            fully_qualified_namespace=fully_qualified_namespace,
+            eventhub_name=eventhub_name,
+            credential=credential,
             retry_total=retry_total,
             retry_backoff_factor=0.5,
             retry_backoff_max=4,

@@ -27,22 +27,34 @@ class Setting:
     default: str | None
     meaning: str
     secret: bool = False
+    # Functions' identity-based connection suffix that may stand in for this connection string
+    # (`<NAME>__<identity>`), e.g. `fullyQualifiedNamespace`; empty = a secret is the only way.
+    identity: str = ""
+
+    @property
+    def identity_name(self) -> str:
+        """The identity-based setting's full name, or empty."""
+        return f"{self.name}__{self.identity}" if self.identity else ""
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "EVENTHUB_CONNECTION",
         None,
-        "Event Hubs connection string (ingest producer and score trigger)",
+        "Event Hubs connection string (ingest producer and score trigger); or, with the app's "
+        "managed identity, `EVENTHUB_CONNECTION__fullyQualifiedNamespace`",
         True,
+        "fullyQualifiedNamespace",
     ),
     Setting("EVENTHUB_NAME", "readings", "Event hub the readings go to"),
     Setting("EVENTHUB_CONSUMER_GROUP", "$Default", "Consumer group of the score trigger"),
     Setting(
         "TABLES_CONNECTION",
         "",
-        "Table Storage connection string; empty = AzureWebJobsStorage",
+        "Table Storage connection string; or, with the managed identity, "
+        "`TABLES_CONNECTION__tableServiceUri`; neither = AzureWebJobsStorage",
         True,
+        "tableServiceUri",
     ),
     Setting("TABLE_PREFIX", "", "Prefix for the four table names (a letter, then letters/digits)"),
     Setting(
@@ -96,8 +108,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "RESULTS_EVENTHUB_CONNECTION",
         "",
-        "Event hub for predictions (Fabric Eventstream); empty = off",
+        "Event Hubs connection string for predictions (Fabric Eventstream); or, with the managed "
+        "identity, `RESULTS_EVENTHUB_CONNECTION__fullyQualifiedNamespace`; neither = off",
         True,
+        "fullyQualifiedNamespace",
     ),
     Setting("RESULTS_EVENTHUB_NAME", "predictions", "Name of the results event hub"),
 )
@@ -106,6 +120,8 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _PREFIX = re.compile(r"(?:[A-Za-z][A-Za-z0-9]{0,19})?")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+")
+_KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +129,11 @@ class Settings:
     """Everything the functions read from app settings, validated."""
 
     eventhub_connection: str
+    eventhub_namespace: str
     eventhub_name: str
     eventhub_consumer_group: str
     tables_connection: str
+    tables_endpoint: str
     table_prefix: str
     table_write_concurrency: int
     aml_endpoint_url: str
@@ -138,7 +156,13 @@ class Settings:
     powerbi_client_secret: str
     powerbi_access_token: str
     results_eventhub_connection: str
+    results_eventhub_namespace: str
     results_eventhub_name: str
+
+    @property
+    def results_enabled(self) -> bool:
+        """The results hub is on when a connection string or a namespace is set."""
+        return bool(self.results_eventhub_connection or self.results_eventhub_namespace)
 
     @property
     def powerbi_enabled(self) -> bool:
@@ -154,17 +178,36 @@ class Settings:
             )
             for s in SETTINGS
         }
+        for name in ("eventhub_namespace", "tables_endpoint", "results_eventhub_namespace"):
+            shown[name] = getattr(self, name)
         return f"Settings({shown})"
+
+
+def _raw(env: Mapping[str, str], name: str) -> str:
+    """A setting's stripped value, or empty; an unresolved Key Vault reference is refused.
+
+    When the platform cannot resolve `@Microsoft.KeyVault(...)` (no role on the vault, no such
+    secret), the app receives the reference text itself: used as a key it would fail every
+    request with a 401 instead of stopping the worker with the setting's name.
+    """
+    value = (env.get(name) or "").strip()
+    if value.lower().startswith(_KEY_VAULT_REFERENCE):
+        raise ConfigError(
+            name,
+            "is an unresolved Key Vault reference: grant the app's identity 'Key Vault Secrets "
+            "User' on the vault and check the secret exists, then restart the app",
+        )
+    return value
 
 
 def _text(env: Mapping[str, str], name: str) -> str:
     setting = _BY_NAME[name]
-    value = env.get(name)
-    if value is None or value.strip() == "":
+    value = _raw(env, name)
+    if not value:
         if setting.default is None:
             raise ConfigError(name, f"is required ({setting.meaning})")
         return setting.default
-    return value.strip()
+    return value
 
 
 def _number(
@@ -204,6 +247,79 @@ def _connection(env: Mapping[str, str], name: str, required_keys: tuple[str, ...
     return raw
 
 
+def _fully_qualified_namespace(env: Mapping[str, str], name: str) -> str:
+    """`<NAME>__fullyQualifiedNamespace`: a host name such as `ns.servicebus.windows.net`."""
+    raw = _raw(env, name)
+    if raw and not _HOST.fullmatch(raw):
+        raise ConfigError(
+            name, f"must be a host name such as <namespace>.servicebus.windows.net, got {raw!r}"
+        )
+    return raw
+
+
+def _endpoint(env: Mapping[str, str], name: str) -> str:
+    """`<NAME>__tableServiceUri`: https://<account>.table.core.windows.net (http on loopback)."""
+    raw = _raw(env, name)
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    if not parts.hostname or not (
+        parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    ):
+        raise ConfigError(name, f"must be an https:// table endpoint, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _eventhub(env: Mapping[str, str], name: str) -> tuple[str, str]:
+    """(connection string, fully qualified namespace) of a hub; the connection string wins.
+
+    Functions reads the trigger's `connection` the same way: `NAME` as a connection string, or
+    `NAME__fullyQualifiedNamespace` with the app's managed identity.
+    """
+    setting = _BY_NAME[name]
+    if _raw(env, name):
+        return _connection(env, name, ("Endpoint",)), ""
+    namespace = _fully_qualified_namespace(env, setting.identity_name)
+    if not namespace and setting.default is None:
+        raise ConfigError(
+            name,
+            f"is required: an Event Hubs connection string, or set {setting.identity_name} "
+            "to connect with the app's managed identity",
+        )
+    return "", namespace
+
+
+def _tables(env: Mapping[str, str]) -> tuple[str, str]:
+    """(connection string, table endpoint): the first of five places that is set.
+
+    `TABLES_CONNECTION`, `TABLES_CONNECTION__tableServiceUri`, then the Functions host's own
+    storage: `AzureWebJobsStorage`, `AzureWebJobsStorage__tableServiceUri`,
+    `AzureWebJobsStorage__accountName` (the public cloud's endpoint for that account).
+    """
+    conn = _connection(env, "TABLES_CONNECTION", ("AccountName",))
+    if conn:
+        return conn, ""
+    endpoint = _endpoint(env, "TABLES_CONNECTION__tableServiceUri")
+    if endpoint:
+        return "", endpoint
+    host = _raw(env, "AzureWebJobsStorage")
+    if host:
+        return host, ""
+    endpoint = _endpoint(env, "AzureWebJobsStorage__tableServiceUri")
+    if endpoint:
+        return "", endpoint
+    account = _raw(env, "AzureWebJobsStorage__accountName")
+    if account:
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+            raise ConfigError("AzureWebJobsStorage__accountName", "is not a storage account name")
+        return "", f"https://{account}.table.core.windows.net"
+    raise ConfigError(
+        "TABLES_CONNECTION",
+        "is required: a connection string, or TABLES_CONNECTION__tableServiceUri for the "
+        "managed identity (or set AzureWebJobsStorage / AzureWebJobsStorage__accountName)",
+    )
+
+
 def _local_token(env: Mapping[str, str], api_url: str) -> str:
     """A fixed Power BI token, only for a stand-in on this machine.
 
@@ -225,11 +341,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ConfigError: naming the first missing or malformed setting.
     """
     env = os.environ if env is None else env
-    tables = _connection(env, "TABLES_CONNECTION", ("AccountName",))
-    if not tables:
-        tables = env.get("AzureWebJobsStorage", "").strip()
-        if not tables:
-            raise ConfigError("TABLES_CONNECTION", "is required (or set AzureWebJobsStorage)")
+    tables, tables_endpoint = _tables(env)
+    eventhub, eventhub_namespace = _eventhub(env, "EVENTHUB_CONNECTION")
+    results, results_namespace = _eventhub(env, "RESULTS_EVENTHUB_CONNECTION")
     prefix = _text(env, "TABLE_PREFIX")
     if not _PREFIX.fullmatch(prefix):
         raise ConfigError(
@@ -246,10 +360,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(name, "must be a GUID")
     powerbi_api_url = _url(env, "POWERBI_API_URL")
     return Settings(
-        eventhub_connection=_connection(env, "EVENTHUB_CONNECTION", ("Endpoint",)),
+        eventhub_connection=eventhub,
+        eventhub_namespace=eventhub_namespace,
         eventhub_name=_text(env, "EVENTHUB_NAME"),
         eventhub_consumer_group=_text(env, "EVENTHUB_CONSUMER_GROUP"),
         tables_connection=tables,
+        tables_endpoint=tables_endpoint,
         table_prefix=prefix,
         table_write_concurrency=_number(env, "TABLE_WRITE_CONCURRENCY", int, 1, 64),
         aml_endpoint_url=_url(env, "AML_ENDPOINT_URL"),
@@ -271,6 +387,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         powerbi_client_id=_text(env, "POWERBI_CLIENT_ID"),
         powerbi_client_secret=_text(env, "POWERBI_CLIENT_SECRET"),
         powerbi_access_token=_local_token(env, powerbi_api_url),
-        results_eventhub_connection=_connection(env, "RESULTS_EVENTHUB_CONNECTION", ("Endpoint",)),
+        results_eventhub_connection=results,
+        results_eventhub_namespace=results_namespace,
         results_eventhub_name=_text(env, "RESULTS_EVENTHUB_NAME"),
     )

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import requests
 from azure.core import MatchConditions
@@ -77,6 +77,9 @@ from .predictions import Prediction
 from .readings import row_key
 from .retry import parse_retry_after
 from .table_batch import upsert_transaction
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 __all__ = [
     "InMemoryTableStore",
@@ -465,6 +468,24 @@ class _StoreBase(ABC):
 # --- Azure Table Storage -------------------------------------------------------------------
 
 
+def _client_options(threads: int, retry_total: int) -> dict[str, Any]:
+    """Client options shared by both constructors: short SDK retries, one pooled session."""
+    # One pooled connection per thread that may write or read at once: with the default
+    # pool of 10, extra threads would open and drop a connection per request.
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=threads + 2)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return {
+        "retry_total": retry_total,
+        "retry_backoff_factor": 0.2,
+        "retry_backoff_max": 4,
+        "connection_timeout": 5,
+        "read_timeout": 30,
+        "transport": RequestsTransport(session=session, session_owner=True),
+    }
+
+
 def _retry_after(exc: HttpResponseError) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
     return parse_retry_after(headers.get("Retry-After")) or parse_retry_after(
@@ -527,24 +548,44 @@ class TableStore(_StoreBase):
     ) -> TableStore:
         """Build from a storage connection string (never logged: it holds the account key)."""
         _check_prefix(table_prefix)
-        # One pooled connection per thread that may write or read at once: with the default
-        # pool of 10, extra threads would open and drop a connection per request.
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_maxsize=max(max_workers, read_workers) + 2)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
         try:
             service = TableServiceClient.from_connection_string(
-                conn,
-                retry_total=retry_total,
-                retry_backoff_factor=0.2,
-                retry_backoff_max=4,
-                connection_timeout=5,
-                read_timeout=30,
-                transport=RequestsTransport(session=session, session_owner=True),
+                conn, **_client_options(max(max_workers, read_workers), retry_total)
             )
         except ValueError:
             raise ConfigError("TABLES_CONNECTION", "is not a valid connection string") from None
+        return cls(
+            service, table_prefix=table_prefix, max_workers=max_workers, read_workers=read_workers
+        )
+
+    @classmethod
+    def from_endpoint(
+        cls,
+        endpoint: str,
+        *,
+        credential: TokenCredential,
+        table_prefix: str = "",
+        max_workers: int = 4,
+        read_workers: int = 8,
+        retry_total: int = 3,
+    ) -> TableStore:
+        """Build from a table endpoint and an Entra ID credential (a managed identity on Azure).
+
+        No secret in app settings: the identity needs "Storage Table Data Contributor" on the
+        account. The lean `$batch` writer sends through the client's pipeline, so it signs
+        with the bearer token as the SDK's own calls do.
+        """
+        _check_prefix(table_prefix)
+        try:
+            service = TableServiceClient(
+                endpoint=endpoint,
+                credential=credential,
+                **_client_options(max(max_workers, read_workers), retry_total),
+            )
+        except ValueError:
+            raise ConfigError(
+                "TABLES_CONNECTION__tableServiceUri", f"is not a table endpoint: {endpoint!r}"
+            ) from None
         return cls(
             service, table_prefix=table_prefix, max_workers=max_workers, read_workers=read_workers
         )

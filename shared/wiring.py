@@ -2,6 +2,12 @@
 
 Function modules call these at import, so a bad setting fails the worker at start-up with the
 setting's name. Clients connect lazily: building them here costs no network round trip.
+
+Event Hubs and Table Storage take a connection string when one is set, otherwise the
+identity-based endpoint (`EVENTHUB_CONNECTION__fullyQualifiedNamespace`,
+`TABLES_CONNECTION__tableServiceUri`) with `DefaultAzureCredential`: on Azure that is the
+Function App's managed identity, locally the developer's `az login`. azure-identity is imported
+only then, so the local stack (connection strings throughout) never loads it.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import atexit
 import functools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .microbatch import MicroBatcher
 from .pipeline import PredictionSink, ScoringPipeline
@@ -19,7 +26,20 @@ from .settings import Settings, load_settings
 from .states import StateCache
 from .store import TableStore
 
-__all__ = ["IngestApp", "ScoreApp", "get_settings", "ingest_app", "query_store", "score_app"]
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+__all__ = [
+    "IngestApp",
+    "ScoreApp",
+    "eventhub_publisher",
+    "get_credential",
+    "get_settings",
+    "ingest_app",
+    "query_store",
+    "score_app",
+    "table_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +50,44 @@ def get_settings() -> Settings:
     settings = load_settings()
     log.info("fleetscore settings loaded: %r", settings)
     return settings
+
+
+@functools.cache
+def get_credential() -> TokenCredential:
+    """One Entra ID credential per worker, so every client shares its token cache.
+
+    `DefaultAzureCredential` tries, in order, environment variables, workload identity and the
+    managed identity (system-assigned, or the user-assigned one named by `AZURE_CLIENT_ID`)
+    before developer sign-ins; constructing it makes no network call.
+    """
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def eventhub_publisher(connection: str, namespace: str, hub: str) -> EventHubPublisher:
+    """A producer for `hub`: by connection string when given, else by identity on `namespace`."""
+    if connection:
+        return EventHubPublisher.from_connection_string(connection, eventhub_name=hub)
+    return EventHubPublisher.from_namespace(
+        namespace, eventhub_name=hub, credential=get_credential()
+    )
+
+
+def table_store(s: Settings) -> TableStore:
+    """The table store the settings name: connection string first, else endpoint + identity."""
+    if s.tables_connection:
+        return TableStore.from_connection_string(
+            s.tables_connection,
+            table_prefix=s.table_prefix,
+            max_workers=s.table_write_concurrency,
+        )
+    return TableStore.from_endpoint(
+        s.tables_endpoint,
+        credential=get_credential(),
+        table_prefix=s.table_prefix,
+        max_workers=s.table_write_concurrency,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +109,14 @@ def ingest_app() -> IngestApp:
     """One producer per worker, reused by every request."""
     s = get_settings()
     return IngestApp(
-        EventHubPublisher.from_connection_string(
-            s.eventhub_connection, eventhub_name=s.eventhub_name
-        )
+        eventhub_publisher(s.eventhub_connection, s.eventhub_namespace, s.eventhub_name)
     )
 
 
 @functools.cache
 def query_store() -> TableStore:
     """One Table client per worker, shared by the query and score functions."""
-    s = get_settings()
-    return TableStore.from_connection_string(
-        s.tables_connection, table_prefix=s.table_prefix, max_workers=s.table_write_concurrency
-    )
+    return table_store(get_settings())
 
 
 def _sinks(s: Settings) -> list[PredictionSink]:
@@ -72,12 +125,14 @@ def _sinks(s: Settings) -> list[PredictionSink]:
         from .powerbi import sink_from_settings
 
         sinks.append(sink_from_settings(s))
-    if s.results_eventhub_connection:
+    if s.results_enabled:
         from .results import ResultsSink
 
         results = ResultsSink(
-            EventHubPublisher.from_connection_string(
-                s.results_eventhub_connection, eventhub_name=s.results_eventhub_name
+            eventhub_publisher(
+                s.results_eventhub_connection,
+                s.results_eventhub_namespace,
+                s.results_eventhub_name,
             )
         )
         results.start()

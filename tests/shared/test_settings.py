@@ -99,3 +99,105 @@ def test_settings_repr_hides_secrets():
 def test_every_setting_has_a_meaning():
     assert all(s.meaning for s in SETTINGS)
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+IDENTITY = {
+    "EVENTHUB_CONNECTION__fullyQualifiedNamespace": "fleet-ns.servicebus.windows.net",
+    "TABLES_CONNECTION__tableServiceUri": "https://fleetst.table.core.windows.net/",
+    "AML_ENDPOINT_URL": BASE["AML_ENDPOINT_URL"],
+    "AML_ENDPOINT_KEY": BASE["AML_ENDPOINT_KEY"],
+}
+
+
+def test_load_settings_identity_based_connections():
+    s = load_settings(IDENTITY)
+    assert (s.eventhub_connection, s.eventhub_namespace) == ("", "fleet-ns.servicebus.windows.net")
+    assert (s.tables_connection, s.tables_endpoint) == (
+        "",
+        "https://fleetst.table.core.windows.net",
+    )
+    assert (s.results_enabled, s.results_eventhub_namespace) == (False, "")
+
+
+def test_load_settings_connection_string_wins_over_identity():
+    s = load_settings({**IDENTITY, **BASE, "TABLES_CONNECTION": BASE["AzureWebJobsStorage"]})
+    assert (s.eventhub_connection, s.eventhub_namespace) == (BASE["EVENTHUB_CONNECTION"], "")
+    assert (s.tables_connection, s.tables_endpoint) == (BASE["AzureWebJobsStorage"], "")
+
+
+def test_load_settings_results_hub_by_identity():
+    s = load_settings(
+        {
+            **IDENTITY,
+            "RESULTS_EVENTHUB_CONNECTION__fullyQualifiedNamespace": "fleet-ns.servicebus.windows.net",
+        }
+    )
+    assert (s.results_enabled, s.results_eventhub_namespace, s.results_eventhub_name) == (
+        True,
+        "fleet-ns.servicebus.windows.net",
+        "predictions",
+    )
+
+
+@pytest.mark.parametrize(
+    ("host_storage", "endpoint"),
+    [
+        ({"AzureWebJobsStorage__accountName": "fleetst"}, "https://fleetst.table.core.windows.net"),
+        (
+            {"AzureWebJobsStorage__tableServiceUri": "https://other.table.core.windows.net"},
+            "https://other.table.core.windows.net",
+        ),
+    ],
+)
+def test_load_settings_tables_fall_back_to_the_hosts_identity_storage(host_storage, endpoint):
+    env = {k: v for k, v in IDENTITY.items() if not k.startswith("TABLES_")}
+    s = load_settings({**env, **host_storage})
+    assert (s.tables_connection, s.tables_endpoint) == ("", endpoint)
+
+
+def test_load_settings_names_the_event_hub_setting_when_neither_form_is_set():
+    env = {k: v for k, v in IDENTITY.items() if not k.startswith("EVENTHUB_")}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.setting == "EVENTHUB_CONNECTION"
+    assert "EVENTHUB_CONNECTION__fullyQualifiedNamespace" in str(info.value)
+
+
+def test_load_settings_names_the_table_setting_when_no_form_is_set():
+    env = {k: v for k, v in IDENTITY.items() if not k.startswith("TABLES_")}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.setting == "TABLES_CONNECTION"
+    assert "TABLES_CONNECTION__tableServiceUri" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EVENTHUB_CONNECTION__fullyQualifiedNamespace", "sb://fleet-ns.servicebus.windows.net/"),
+        ("EVENTHUB_CONNECTION__fullyQualifiedNamespace", "fleet-ns"),
+        ("TABLES_CONNECTION__tableServiceUri", "http://fleetst.table.core.windows.net"),
+        ("TABLES_CONNECTION__tableServiceUri", "fleetst.table.core.windows.net"),
+    ],
+)
+def test_load_settings_names_a_malformed_identity_setting(name, value):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**IDENTITY, name: value})
+    assert info.value.setting == name
+
+
+def test_load_settings_refuses_an_unresolved_key_vault_reference():
+    ref = "@Microsoft.KeyVault(SecretUri=https://fleet-kv.vault.azure.net/secrets/aml-key/)"
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "AML_ENDPOINT_KEY": ref})
+    assert info.value.setting == "AML_ENDPOINT_KEY"
+    assert "Key Vault Secrets User" in str(info.value)
+
+
+def test_identity_settings_follow_the_functions_convention():
+    named = {s.name: s.identity_name for s in SETTINGS if s.identity}
+    assert named == {
+        "EVENTHUB_CONNECTION": "EVENTHUB_CONNECTION__fullyQualifiedNamespace",
+        "TABLES_CONNECTION": "TABLES_CONNECTION__tableServiceUri",
+        "RESULTS_EVENTHUB_CONNECTION": "RESULTS_EVENTHUB_CONNECTION__fullyQualifiedNamespace",
+    }
