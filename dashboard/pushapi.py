@@ -6,9 +6,13 @@ URL shapes (the same ones `shared.powerbi.PowerBISink` posts to):
   * `POST /beta/{tenant}/datasets/{id}/rows?key=<key>`, body a bare JSON array: the push URL
     Power BI shows for a dataset; it writes the dataset's first table; 403 without the key.
   * `POST /v1.0/myorg[/groups/{ws}]/datasets[?defaultRetentionPolicy=basicFIFO]` creates a push
-    dataset (`{"name", "tables": [{"name", "columns": [{"name", "dataType"}]}]}`); the same name
-    in the same workspace answers the existing dataset (200) instead of a duplicate.
+    dataset (`{"name", "tables": [{"name", "columns": [{"name", "dataType"}]}]}`), 201 with its
+    new id. Like Power BI (whose docs list only 201/202, no conflict), a name already taken
+    makes a second dataset of that name: callers that want one list first.
   * `GET /v1.0/myorg[/groups/{ws}]/datasets` and `.../datasets/{id}/tables` list what exists.
+  * `PUT .../datasets/{id}/tables/{table}`, body `{"name", "columns": [...]}`: replaces an
+    existing table's columns (200 `{"name"}`); 404 for a table the dataset lacks (the API
+    updates tables, it does not add them), 400 for a bad definition or a name that differs.
 
 Every answer is (status, headers, body); errors carry Power BI's `{"error": {...}}` document.
 """
@@ -21,10 +25,13 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from shared.powerbi import DATASET_TABLES
 
 from .limits import Limits, PushError, RateGate, parse_rows
 from .store import Dataset, RowStore, StoredRow, dataset_id_for
@@ -44,36 +51,17 @@ log = logging.getLogger(__name__)
 Reply = tuple[int, dict[str, str], bytes]
 RowsListener = Callable[[Dataset, str, Sequence[StoredRow]], None]
 
-FLEET_TABLES: dict[str, dict[str, str]] = {
-    "DeviceAggregates": {
-        "device_id": "String",
-        "window_start": "DateTime",
-        "readings": "Int64",
-        "anomalies": "Int64",
-        "mean_anomaly_score": "Double",
-        "max_anomaly_score": "Double",
-        "failure_probability": "Double",
-        "max_failure_probability": "Double",
-        "maintenance_due": "Boolean",
-        "last_timestamp": "DateTime",
-    },
-    "Anomalies": {
-        "device_id": "String",
-        "timestamp": "DateTime",
-        "anomaly_score": "Double",
-        "top_metric": "String",
-        "failure_probability": "Double",
-        "maintenance_due": "Boolean",
-        "model_version": "String",
-    },
-}
-"""The two tables shared/powerbi.py pushes, with the columns of its rows."""
+FLEET_TABLES: dict[str, dict[str, str]] = DATASET_TABLES
+"""The two tables shared/powerbi.py pushes, with the columns of its rows (defined there)."""
 
-_DATA_TYPES = {"Int64", "Double", "Boolean", "Datetime", "DateTime", "String", "Decimal"}
+_DATA_TYPES = {
+    t.lower(): t for t in ("Int64", "Double", "Boolean", "DateTime", "String", "Decimal")
+} | {"bool": "Boolean"}  # Power BI's own samples write "string" and "bool"
 _RETENTIONS = {"None", "basicFIFO"}
 _SEG = r"([^/]+)"
 _ROUTES = (
     ("rows", re.compile(rf"/v1\.0/myorg(?:/groups/{_SEG})?/datasets/{_SEG}/tables/{_SEG}/rows")),
+    ("table", re.compile(rf"/v1\.0/myorg(?:/groups/{_SEG})?/datasets/{_SEG}/tables/{_SEG}")),
     ("tables", re.compile(rf"/v1\.0/myorg(?:/groups/{_SEG})?/datasets/{_SEG}/tables")),
     ("datasets", re.compile(rf"/v1\.0/myorg(?:/groups/{_SEG})?/datasets")),
     ("push", re.compile(rf"/beta/{_SEG}/datasets/{_SEG}/rows")),
@@ -84,7 +72,7 @@ _ROUTES = (
 class Route:
     """What a request path addresses; `workspace` is "" for My workspace."""
 
-    kind: str  # rows | tables | datasets | push
+    kind: str  # rows | table | tables | datasets | push
     workspace: str = ""
     dataset_id: str = ""
     table: str = ""
@@ -194,6 +182,8 @@ class PushApi:
         if route.kind == "tables" and method == "GET":
             tables = self._dataset(route).describe()["tables"]
             return _json(200, {"value": tables})
+        if route.kind == "table" and method == "PUT":
+            return self._put_table(route, body)
         if route.kind in ("rows", "push") and method == "POST":
             return self._post_rows(route, body)
         raise PushError(405, "MethodNotAllowed", f"{method} is not supported here")
@@ -235,9 +225,24 @@ class PushApi:
         except ValueError as exc:
             raise PushError(400, "InvalidRequest", "body is not JSON") from exc
         name, tables = _dataset_definition(doc, self.limits)
-        dataset = Dataset(dataset_id_for(workspace, name), workspace, name, retention, tables)
-        stored, created = self.store.upsert_dataset(dataset)
-        return _json(201 if created else 200, stored.describe())
+        dataset = Dataset(str(uuid.uuid4()), workspace, name, retention, tables)
+        stored, _ = self.store.upsert_dataset(dataset)
+        return _json(201, {"id": stored.id, "name": name, "defaultRetentionPolicy": retention})
+
+    def _put_table(self, route: Route, body: bytes) -> Reply:
+        dataset = self._dataset(route)
+        if route.table not in dataset.tables:
+            raise _not_found(f"table {route.table!r}")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise PushError(400, "InvalidRequest", "body is not JSON") from exc
+        name, columns = _table_definition(doc, self.limits, set())
+        if name != route.table:
+            message = f"the body names table {name!r}, the URL {route.table!r}"
+            raise PushError(400, "InvalidRequest", message)
+        self.store.replace_table(dataset.id, name, columns)
+        return _json(200, {"name": name})
 
 
 def _dataset_definition(doc: object, limits: Limits) -> tuple[str, dict[str, dict[str, str]]]:
@@ -253,20 +258,35 @@ def _dataset_definition(doc: object, limits: Limits) -> tuple[str, dict[str, dic
         raise bad(f"a dataset needs 1 to {limits.tables_per_dataset} tables")
     tables: dict[str, dict[str, str]] = {}
     for table in raw_tables:
-        name = table.get("name") if isinstance(table, dict) else None
-        columns = table.get("columns") if isinstance(table, dict) else None
-        if not isinstance(name, str) or not name or name in tables:
-            raise bad("every table needs a unique name")
-        if not isinstance(columns, list) or not 0 < len(columns) <= limits.columns_per_table:
-            raise bad(f"table {name!r} needs 1 to {limits.columns_per_table} columns")
-        tables[name] = {}
-        for column in columns:
-            if not isinstance(column, dict) or not isinstance(column.get("name"), str):
-                raise bad(f"table {name!r} has a column without a name")
-            if column.get("dataType") not in _DATA_TYPES:
-                raise bad(f"column {column['name']!r} has an unknown dataType")
-            tables[name][column["name"]] = column["dataType"]
+        name, columns = _table_definition(table, limits, set(tables))
+        tables[name] = columns
     return doc["name"], tables
+
+
+def _table_definition(table: object, limits: Limits, taken: set[str]) -> tuple[str, dict[str, str]]:
+    """Validate one table of a dataset or PUT body; return (name, column → dataType)."""
+
+    def bad(message: str) -> PushError:
+        return PushError(400, "InvalidRequest", message)
+
+    name = table.get("name") if isinstance(table, dict) else None
+    columns = table.get("columns") if isinstance(table, dict) else None
+    if not isinstance(name, str) or not name or name in taken:
+        raise bad("every table needs a unique name")
+    if not isinstance(columns, list) or not 0 < len(columns) <= limits.columns_per_table:
+        raise bad(f"table {name!r} needs 1 to {limits.columns_per_table} columns")
+    out: dict[str, str] = {}
+    for column in columns:
+        if not isinstance(column, dict) or not isinstance(column.get("name"), str):
+            raise bad(f"table {name!r} has a column without a name")
+        data_type = column.get("dataType")
+        canonical = _DATA_TYPES.get(data_type.lower()) if isinstance(data_type, str) else None
+        if canonical is None:
+            raise bad(f"column {column['name']!r} has an unknown dataType {data_type!r}")
+        if column["name"] in out:
+            raise bad(f"table {name!r} has two columns named {column['name']!r}")
+        out[column["name"]] = canonical
+    return name, out
 
 
 def _json(status: int, doc: Any) -> Reply:

@@ -1,7 +1,8 @@
 """The dashboard's HTTP server: the push API, the live page, its event stream, /healthz.
 
 Routes:
-  * `/v1.0/myorg/...` and `/beta/...`: the Power BI push API (`dashboard.pushapi`).
+  * `/v1.0/myorg/...` and `/beta/...`: the Power BI push API (`dashboard.pushapi`): GET, POST
+    and PUT (a table's schema).
   * `/`: the live page; `/static/*` its files; `/vendor/uplot.*` the chart library from
     ./node_modules (installed by npm with the rest of the local stack; no CDN at run time).
   * `/events?device=ID`: server-sent events, one `snapshot` event on connect, then one per
@@ -182,13 +183,19 @@ def _handler_for(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 self._send(*app.api.handle("GET", self.path, dict(self.headers.items()), b""))
 
         def do_POST(self) -> None:
+            self._api_with_body("POST")
+
+        def do_PUT(self) -> None:
+            self._api_with_body("PUT")
+
+        def _api_with_body(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length > _MAX_BODY:
                 self.close_connection = True
                 self._send(413, {}, b'{"error":{"code":"RequestEntityTooLarge","message":""}}')
                 return
             body = self.rfile.read(length)
-            self._send(*app.api.handle("POST", self.path, dict(self.headers.items()), body))
+            self._send(*app.api.handle(method, self.path, dict(self.headers.items()), body))
 
         def _file(self, path: Path, content_type: str) -> None:
             if not path.is_file():

@@ -121,6 +121,17 @@ class RowStore:
             )
             return dataset, True
 
+    def replace_table(self, dataset_id: str, table: str, columns: dict[str, str]) -> None:
+        """Set one existing table's columns (Power BI's PUT table); its rows stay."""
+        with self._lock:
+            found = self._get(dataset_id)
+            if found is None or table not in found.tables:
+                raise KeyError(f"{dataset_id}/{table}")
+            tables = {**found.tables, table: dict(columns)}
+            self._db.execute(
+                "UPDATE datasets SET tables = ? WHERE id = ?", (json.dumps(tables), dataset_id)
+            )
+
     def get_dataset(self, dataset_id: str) -> Dataset | None:
         """The dataset with `dataset_id`, or None."""
         with self._lock:

@@ -11,6 +11,9 @@ function app's.
 `plan --devices N --interval 10s` sizes the deployment for a fleet from measured figures and
 Azure's documented limits, showing its arithmetic (`fleetscore/plan_cli.py`, over
 `fleetscore/plan.py`).
+
+`powerbi create-dataset` creates the Power BI push dataset the score function streams to, or
+checks the one that exists (`fleetscore/powerbi_cli.py`, over `fleetscore/powerbi_dataset.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import requests
+
 from .deadletters_cli import (
     DEMO_SETTINGS,
     Backends,
@@ -32,6 +37,7 @@ from .deadletters_cli import (
     run_deadletters,
 )
 from .plan_cli import add_plan_parser, run_plan
+from .powerbi_cli import add_powerbi_parser, run_powerbi
 from .query import QueryClient, QueryError
 
 __all__ = ["Backends", "CliSettings", "main"]
@@ -99,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_deadletters_parser(commands)
     add_plan_parser(commands)
+    add_powerbi_parser(commands)
     return parser
 
 
@@ -155,15 +162,18 @@ def main(
     env: Mapping[str, str] | None = None,
     backends: Callable[[CliSettings], Backends] | None = None,
     now: datetime | None = None,
+    session: requests.Session | None = None,
 ) -> int:
-    """Run one command; 0 on success, 1 when it failed, 2 on bad usage.
+    """Run one command; 0 on success, 1 when it failed, 2 on bad usage (`powerbi`: 3 differs).
 
-    `env`, `backends` and `now` default to the process environment, the real Azure clients and
-    the clock; tests pass stand-ins.
+    `env`, `backends`, `now` and `session` default to the process environment, the real Azure
+    clients, the clock and a new HTTP session; tests pass stand-ins.
     """
     args = _parser().parse_args(argv)
     if args.command == "plan":
         return run_plan(args)
+    if args.command == "powerbi":
+        return run_powerbi(args, env=os.environ if env is None else env, session=session)
     if args.command == "deadletters":
         return run_deadletters(
             args,

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
+    "DATASET_TABLES",
     "POWERBI_SCOPE",
     "NullSink",
     "PowerBISink",
@@ -93,6 +94,35 @@ POWERBI_SCOPE = "https://analysis.windows.net/powerbi/api/.default"
 Transport = Callable[[str, bytes, dict[str, str]], tuple[int, dict[str, str], bytes]]
 """(url, body, headers) → (status, response headers, body); connection errors raise."""
 TokenProvider = Callable[[], str]
+
+DATASET_TABLES: dict[str, dict[str, str]] = {
+    "DeviceAggregates": {
+        "device_id": "String",
+        "window_start": "DateTime",
+        "readings": "Int64",
+        "anomalies": "Int64",
+        "mean_anomaly_score": "Double",
+        "max_anomaly_score": "Double",
+        "failure_probability": "Double",
+        "max_failure_probability": "Double",
+        "maintenance_due": "Boolean",
+        "last_timestamp": "DateTime",
+    },
+    "Anomalies": {
+        "device_id": "String",
+        "timestamp": "DateTime",
+        "anomaly_score": "Double",
+        "top_metric": "String",
+        "failure_probability": "Double",
+        "maintenance_due": "Boolean",
+        "model_version": "String",
+    },
+}
+"""The push dataset the sink writes: table → column → Power BI dataType.
+
+The columns are exactly the keys of the rows this module builds (a test holds them equal), so
+`python -m fleetscore powerbi create-dataset` and the dashboard stand-in both take them from here.
+"""
 
 _AGG, _ANOM = "aggregates", "anomalies"
 _MAX_STRING = 4000

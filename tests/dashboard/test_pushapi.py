@@ -133,27 +133,38 @@ def test_basic_fifo_keeps_the_newest_rows_per_table(make_dashboard):
     assert server.store.table_rows(server.dataset.id, "DeviceAggregates") == 5
 
 
-def test_create_dataset_is_idempotent_by_name_and_listed(dashboard):
+def test_create_dataset_answers_201_and_a_taken_name_makes_a_second_dataset(dashboard):
     url = f"{dashboard.url}/v1.0/myorg/groups/ws-1/datasets?defaultRetentionPolicy=basicFIFO"
     definition = {
         "name": "fleet-b",
         "defaultMode": "Push",
-        "tables": [{"name": "Readings", "columns": [{"name": "device_id", "dataType": "String"}]}],
+        "tables": [{"name": "Readings", "columns": [{"name": "device_id", "dataType": "string"}]}],
     }
     first = requests.post(url, json=definition, headers=AUTH, timeout=5)
     again = requests.post(url, json=definition, headers=AUTH, timeout=5)
-    assert (first.status_code, again.status_code) == (201, 200)
-    assert first.json()["id"] == again.json()["id"]
-    assert first.json()["defaultRetentionPolicy"] == "basicFIFO"
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json() == {
+        "id": first.json()["id"],
+        "name": "fleet-b",
+        "defaultRetentionPolicy": "basicFIFO",
+    }
+    assert first.json()["id"] != again.json()["id"]
     listed = requests.get(
         f"{dashboard.url}/v1.0/myorg/groups/ws-1/datasets", headers=AUTH, timeout=5
     )
     assert [(d["name"], d["id"]) for d in listed.json()["value"]] == [
-        ("fleet-b", first.json()["id"])
+        ("fleet-b", first.json()["id"]),
+        ("fleet-b", again.json()["id"]),
     ]
     mine = requests.get(f"{dashboard.url}/v1.0/myorg/datasets", headers=AUTH, timeout=5).json()
     assert [d["name"] for d in mine["value"]] == ["fleetscore"]
     ds = first.json()["id"]
+    tables = requests.get(
+        f"{dashboard.url}/v1.0/myorg/groups/ws-1/datasets/{ds}/tables", headers=AUTH, timeout=5
+    )
+    assert tables.json() == {
+        "value": [{"name": "Readings", "columns": [{"name": "device_id", "dataType": "String"}]}]
+    }
     pushed = requests.post(
         f"{dashboard.url}/v1.0/myorg/groups/ws-1/datasets/{ds}/tables/Readings/rows",
         json={"rows": [{"device_id": "x"}]},
@@ -167,6 +178,51 @@ def test_create_dataset_is_idempotent_by_name_and_listed(dashboard):
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "InvalidRequest")
     unauth = requests.get(f"{dashboard.url}/v1.0/myorg/datasets", timeout=5)
     assert unauth.status_code == 401
+
+
+def test_a_bad_data_type_or_duplicate_column_is_400(dashboard):
+    url = f"{dashboard.url}/v1.0/myorg/datasets"
+
+    def create(columns: list[dict]) -> requests.Response:
+        body = {"name": "x", "tables": [{"name": "T", "columns": columns}]}
+        return requests.post(url, json=body, headers=AUTH, timeout=5)
+
+    odd = create([{"name": "v", "dataType": "Float"}])
+    twice = create([{"name": "v", "dataType": "Int64"}, {"name": "v", "dataType": "Double"}])
+    assert (odd.status_code, odd.json()["error"]["message"]) == (
+        400,
+        "column 'v' has an unknown dataType 'Float'",
+    )
+    assert (twice.status_code, twice.json()["error"]["message"]) == (
+        400,
+        "table 'T' has two columns named 'v'",
+    )
+
+
+def test_put_table_replaces_an_existing_tables_columns_only(dashboard):
+    ds = dashboard.dataset.id
+    base = f"{dashboard.url}/v1.0/myorg/datasets/{ds}/tables"
+    columns = [{"name": "device_id", "dataType": "String"}, {"name": "score", "dataType": "bool"}]
+    put = requests.put(
+        f"{base}/Anomalies", json={"name": "Anomalies", "columns": columns}, headers=AUTH, timeout=5
+    )
+    missing = requests.put(
+        f"{base}/Nope", json={"name": "Nope", "columns": columns}, headers=AUTH, timeout=5
+    )
+    renamed = requests.put(
+        f"{base}/Anomalies", json={"name": "Other", "columns": columns}, headers=AUTH, timeout=5
+    )
+    unauth = requests.put(f"{base}/Anomalies", json={"name": "Anomalies", "columns": columns})
+    assert (put.status_code, put.json()) == (200, {"name": "Anomalies"})
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "ItemNotFound")
+    assert (renamed.status_code, renamed.json()["error"]["code"]) == (400, "InvalidRequest")
+    assert unauth.status_code == 401
+    listed = requests.get(base, headers=AUTH, timeout=5).json()["value"]
+    assert {t["name"]: t["columns"] for t in listed}["Anomalies"] == [
+        {"name": "device_id", "dataType": "String"},
+        {"name": "score", "dataType": "Boolean"},
+    ]
+    assert [t["name"] for t in listed] == ["DeviceAggregates", "Anomalies"]
 
 
 def test_powerbi_sink_pushes_to_the_dashboard_end_to_end(dashboard, tmp_path):
