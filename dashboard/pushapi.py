@@ -14,6 +14,7 @@ URL shapes (the same ones `shared.powerbi.PowerBISink` posts to):
     existing table's columns (200 `{"name"}`); 404 for a table the dataset lacks (the API
     updates tables, it does not add them), 400 for a bad definition or a name that differs.
 
+Given a list of workspaces, a REST path naming another group is 404 `PowerBIEntityNotFound`.
 Every answer is (status, headers, body); errors carry Power BI's `{"error": {...}}` document.
 """
 
@@ -26,7 +27,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -122,6 +123,8 @@ class PushApi:
         clock: monotonic seconds for rate limits.
         wall: epoch seconds stamped on stored rows.
         on_rows: called after rows are stored (the live page listens).
+        workspaces: the workspace (group) ids that exist; a REST path naming another is 404
+            `PowerBIEntityNotFound`, as Power BI answers an unknown group. None: any id.
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class PushApi:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_rows: RowsListener | None = None,
+        workspaces: Collection[str] | None = None,
     ) -> None:
         self.store, self.limits = store, limits or Limits()
+        self.workspaces = None if workspaces is None else frozenset(workspaces)
         self._token, self._key = token, push_key
         self._clock, self._wall, self._on_rows = clock, wall, on_rows
         self._gates: dict[str, RateGate] = {}
@@ -166,12 +171,17 @@ class PushApi:
                 check_key(parts.query, self._key)
             else:
                 check_bearer(lowered, self._token)
+                self._check_workspace(route.workspace)
             return self._dispatch(method, route, parts.query, body)
         except PushError as exc:
             return exc.reply()
         except Exception:  # a bug or a broken database: a transient 500, never a dropped socket
             log.exception("push API failed on %s %s", method, parts.path)
             return PushError(500, "InternalServerError", "the stand-in failed").reply()
+
+    def _check_workspace(self, workspace: str) -> None:
+        if workspace and self.workspaces is not None and workspace not in self.workspaces:
+            raise PushError(404, "PowerBIEntityNotFound", f"workspace {workspace!r} not found")
 
     def _dispatch(self, method: str, route: Route, query: str, body: bytes) -> Reply:
         if route.kind == "datasets" and method == "GET":

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ class DashboardServer:
         interval_seconds: the sink's aggregation interval (readings/s on the page).
         history: the query function's client for `/history`; None turns the route off.
         heartbeat: seconds between snapshots on an idle event stream.
+        workspaces: workspace ids the API knows besides `workspace` (others are 404, as in
+            Power BI); None accepts any id.
     """
 
     def __init__(
@@ -77,11 +79,20 @@ class DashboardServer:
         heartbeat: float = 5.0,
         wall: Callable[[], float] = time.time,
         history: History | None = None,
+        workspaces: Collection[str] | None = None,
     ) -> None:
         self.store, self.hub, self.heartbeat, self._wall = store, Hub(), heartbeat, wall
         self.history = history
         self.view = FleetView(interval_seconds=interval_seconds)
-        self.api = PushApi(store, token=key, push_key=key, limits=limits, on_rows=self._arrived)
+        known = None if workspaces is None else {*workspaces, workspace} - {""}
+        self.api = PushApi(
+            store,
+            token=key,
+            push_key=key,
+            limits=limits,
+            on_rows=self._arrived,
+            workspaces=known,
+        )
         self.dataset = self.api.ensure_dataset(dataset_name, FLEET_TABLES, workspace=workspace)
         self._rebuild()
         self._http = ThreadingHTTPServer((host, port), _handler_for(self))

@@ -314,3 +314,17 @@ def test_a_broken_database_answers_500_not_a_dropped_connection(make_dashboard, 
     server.store.close()
     reply = requests.post(rows_url(server), json={"rows": [agg("d")]}, headers=AUTH, timeout=5)
     assert (reply.status_code, reply.json()["error"]["code"]) == (500, "InternalServerError")
+
+
+def test_a_workspace_the_api_does_not_know_is_404_when_workspaces_are_listed(make_dashboard):
+    server = make_dashboard(workspaces=["ws-known"])
+    base = f"{server.url}/v1.0/myorg/groups"
+    known = requests.get(f"{base}/ws-known/datasets", headers=AUTH, timeout=5)
+    unknown = requests.get(f"{base}/ws-other/datasets", headers=AUTH, timeout=5)
+    mine = requests.get(f"{server.url}/v1.0/myorg/datasets", headers=AUTH, timeout=5)
+    assert (known.status_code, known.json()) == (200, {"value": []})
+    assert (unknown.status_code, unknown.json()["error"]) == (
+        404,
+        {"code": "PowerBIEntityNotFound", "message": "workspace 'ws-other' not found"},
+    )
+    assert [d["name"] for d in mine.json()["value"]] == ["fleetscore"]

@@ -141,6 +141,18 @@ def test_a_refused_token_is_a_clear_error_and_creates_nothing(make_dashboard, ca
     assert datasets(server, WS) == []
 
 
+def test_an_unknown_workspace_is_a_404_naming_the_workspace(make_dashboard, capsys):
+    server = make_dashboard(workspaces=[WS])
+    other = "11111111-2222-3333-4444-555555555555"
+    assert run(server, "--workspace", other, "--token", KEY) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: list datasets: 404 PowerBIEntityNotFound: workspace '{other}' not found",
+        f"  check the workspace id '{other}' and the API URL {server.url}",
+    ]
+    assert datasets(server, other) == []
+
+
 def test_a_401_from_power_bi_says_what_was_refused_and_why(capsys):
     seen: list[str | None] = []
 
