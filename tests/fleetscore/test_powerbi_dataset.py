@@ -286,3 +286,25 @@ def test_dataset_tables_are_the_columns_of_the_rows_the_sink_pushes():
 def test_a_bad_api_url_is_a_usage_error(argv, capsys):
     assert main(argv, env={"POWERBI_ACCESS_TOKEN": "t"}) == 2
     assert "not an http(s) URL" in capsys.readouterr().err
+
+
+def test_settings_come_from_a_settings_file_when_the_environment_lacks_them(
+    make_dashboard, tmp_path, capsys
+):
+    server = make_dashboard()
+    values = {"POWERBI_API_URL": server.url, "POWERBI_ACCESS_TOKEN": KEY, "OTHER": "x"}
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+    assert main([*CREATE, "--settings", str(settings), "--name", "from-file"], env={}) == 0
+    assert capsys.readouterr().out.startswith("created dataset 'from-file'")
+    assert [d.name for d in datasets(server)] == ["fleetscore", "from-file"]
+
+
+def test_help_explains_the_command_and_its_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*CREATE, "--help"], env={})
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "DeviceAggregates (10 columns), Anomalies (7 columns), with basicFIFO" in text
+    assert "exit codes: 0 created, exists and matches, updated, or dry run;" in text
+    assert "3 exists but differs (nothing changed)" in text
