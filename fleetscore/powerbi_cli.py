@@ -49,6 +49,8 @@ _NAMES = (
     "POWERBI_ACCESS_TOKEN",
 )
 
+_DEFAULT_URL = str(next(s.default for s in SETTINGS if s.name == "POWERBI_API_URL"))
+
 CredentialFactory = Callable[[Mapping[str, str]], TokenCredential]
 
 
@@ -190,9 +192,12 @@ def resolve_token(
     return entra
 
 
-def _settings_lines(outcome: DatasetOutcome) -> list[str]:
+def _settings_lines(outcome: DatasetOutcome, api_url: str) -> list[str]:
+    """The app settings that point the score function at this dataset."""
     lines = [f"POWERBI_DATASET_ID={outcome.dataset_id}"]
     lines.append(f"POWERBI_WORKSPACE_ID={outcome.workspace_id or ''}")
+    if api_url.rstrip("/") != _DEFAULT_URL.rstrip("/"):
+        lines.append(f"POWERBI_API_URL={api_url}")
     return lines
 
 
@@ -200,7 +205,7 @@ def _where(outcome: DatasetOutcome) -> str:
     return f"workspace {outcome.workspace_id}" if outcome.workspace_id else "My workspace"
 
 
-def _report(outcome: DatasetOutcome) -> int:
+def _report(outcome: DatasetOutcome, api_url: str) -> int:
     """Print the outcome; return the exit code."""
     tables = ", ".join(DATASET_TABLES)
     label = f"dataset {outcome.name!r} (id {outcome.dataset_id}) in {_where(outcome)}"
@@ -229,7 +234,7 @@ def _report(outcome: DatasetOutcome) -> int:
             )
         return EXIT_DIFFERS
     print("set these app settings on the function app (then restart it):")
-    for line in _settings_lines(outcome):
+    for line in _settings_lines(outcome, api_url):
         print(f"  {line}")
     return EXIT_OK
 
@@ -247,8 +252,7 @@ def run_powerbi(
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    default_url = next(s.default for s in SETTINGS if s.name == "POWERBI_API_URL")
-    api_url = args.api_url or values.get("POWERBI_API_URL") or str(default_url)
+    api_url = args.api_url or values.get("POWERBI_API_URL") or _DEFAULT_URL
     workspace = args.workspace if args.workspace is not None else values.get("POWERBI_WORKSPACE_ID")
     workspace = workspace or None
     if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
@@ -287,4 +291,4 @@ def run_powerbi(
         return EXIT_FAILED
     finally:
         client.close()
-    return _report(outcome)
+    return _report(outcome, api_url)

@@ -12,8 +12,13 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
 from fleetscore.__main__ import _parser, main
-from fleetscore.powerbi_cli import run_powerbi
-from fleetscore.powerbi_dataset import Difference, compare_tables, dataset_definition
+from fleetscore.powerbi_cli import _settings_lines, run_powerbi
+from fleetscore.powerbi_dataset import (
+    DatasetOutcome,
+    Difference,
+    compare_tables,
+    dataset_definition,
+)
 from shared.powerbi import DATASET_TABLES, PowerBISink, PushTarget
 from shared.predictions import Prediction
 from tests.dashboard.conftest import KEY
@@ -56,6 +61,7 @@ def test_create_dataset_creates_it_on_an_empty_workspace_then_reports_it_matches
         "set these app settings on the function app (then restart it):",
         f"  POWERBI_DATASET_ID={made.id}",
         f"  POWERBI_WORKSPACE_ID={WS}",
+        f"  POWERBI_API_URL={server.url}",
     ]
     assert (made.name, made.retention, made.tables) == ("fleetscore", "basicFIFO", DATASET_TABLES)
 
@@ -76,7 +82,11 @@ def test_create_dataset_reads_settings_and_finds_the_dashboards_own_dataset(make
     assert out[0] == (
         f"already exists and matches: dataset 'fleetscore' (id {server.dataset.id}) in My workspace"
     )
-    assert out[-2:] == [f"  POWERBI_DATASET_ID={server.dataset.id}", "  POWERBI_WORKSPACE_ID="]
+    assert out[-3:] == [
+        f"  POWERBI_DATASET_ID={server.dataset.id}",
+        "  POWERBI_WORKSPACE_ID=",
+        f"  POWERBI_API_URL={server.url}",
+    ]
 
 
 def test_a_differing_schema_is_named_left_alone_then_fixed_with_update_schema(
@@ -308,3 +318,14 @@ def test_help_explains_the_command_and_its_exit_codes(capsys):
     assert "DeviceAggregates (10 columns), Anomalies (7 columns), with basicFIFO" in text
     assert "exit codes: 0 created, exists and matches, updated, or dry run;" in text
     assert "3 exists but differs (nothing changed)" in text
+
+
+def test_the_api_url_is_a_setting_to_set_only_when_it_is_not_the_services():
+    outcome = DatasetOutcome("created", "fleetscore", dataset_id="d-1", workspace_id=WS)
+    assert _settings_lines(outcome, "https://api.powerbi.com/") == [
+        "POWERBI_DATASET_ID=d-1",
+        f"POWERBI_WORKSPACE_ID={WS}",
+    ]
+    assert _settings_lines(outcome, "http://127.0.0.1:7000")[-1] == (
+        "POWERBI_API_URL=http://127.0.0.1:7000"
+    )
