@@ -28,6 +28,7 @@ from shared.settings import SETTINGS
 
 from .powerbi_dataset import (
     DEFAULT_NAME,
+    AmbiguousDatasetError,
     DatasetOutcome,
     PowerBIApiError,
     PowerBIClient,
@@ -288,6 +289,9 @@ def run_powerbi(
                 f"  check the workspace id {workspace!r} and the API URL {api_url}",
                 file=sys.stderr,
             )
+        return EXIT_FAILED
+    except AmbiguousDatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         client.close()

@@ -28,6 +28,7 @@ from shared.powerbi import DATASET_TABLES
 
 __all__ = [
     "DEFAULT_NAME",
+    "AmbiguousDatasetError",
     "DatasetOutcome",
     "Difference",
     "PowerBIApiError",
@@ -62,6 +63,10 @@ class PowerBIApiError(FleetscoreError):
     def auth(self) -> bool:
         """True when the token was missing, expired or lacks permission (401 or 403)."""
         return self.status in (401, 403)
+
+
+class AmbiguousDatasetError(FleetscoreError):
+    """Several datasets in the workspace carry the name, so none can be chosen safely."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,17 +273,16 @@ def ensure_dataset(
     """Create the dataset unless one of that name exists; else verify (and optionally fix) it.
 
     Raises:
-        PowerBIApiError: a call was refused, or several datasets carry the name.
+        PowerBIApiError: a call was refused or failed.
+        AmbiguousDatasetError: several datasets carry the name.
     """
     outcome = DatasetOutcome("matches", name, workspace_id=client.workspace_id)
     found = [d for d in client.list_datasets() if d.get("name") == name]
     if len(found) > 1:
         ids = ", ".join(str(d.get("id")) for d in found)
-        raise PowerBIApiError(
-            409,
-            "AmbiguousName",
-            f"{len(found)} datasets are named {name!r} ({ids}); delete the extras or pass --name",
-            action="find dataset",
+        raise AmbiguousDatasetError(
+            f"{len(found)} datasets are named {name!r} ({ids}): the app can push to one only; "
+            "delete the extras in Power BI, or pass another --name"
         )
     if not found:
         request = create_request(client.api_url, name, workspace_id=client.workspace_id)

@@ -136,8 +136,10 @@ def test_two_datasets_of_the_name_is_an_error_naming_both(make_dashboard, capsys
     server = make_dashboard()
     ids = [post_dataset(server, "fleetscore", DATASET_TABLES) for _ in range(2)]
     assert run(server, "--workspace", WS, "--token", KEY) == 1
-    err = capsys.readouterr().err
-    assert f"2 datasets are named 'fleetscore' ({ids[0]}, {ids[1]})" in err
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: 2 datasets are named 'fleetscore' ({ids[0]}, {ids[1]}): the app can push to "
+        "one only; delete the extras in Power BI, or pass another --name"
+    ]
 
 
 def test_a_refused_token_is_a_clear_error_and_creates_nothing(make_dashboard, capsys):
