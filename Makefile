@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test lint fmt unit clean demo chaos eventhubs bench bench-quick model model-serve model-report
+.PHONY: help setup test lint fmt unit clean demo chaos eventhubs bench bench-quick model model-serve model-report aml-deploy
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,43 @@ model-serve: $(STAMP) ## Serve model/score.py with azmlinfsrv on 127.0.0.1:5001 
 	@mkdir -p model/artifacts
 	@AML_APP_ROOT=$(CURDIR) AZUREML_MODEL_DIR=$(CURDIR)/model/artifacts \
 		$(AZMLINFSRV) --entry_script model/score.py --port 5001
+
+# make aml-deploy AML_GROUP=<resource group> AML_WORKSPACE=<AML workspace> [MODEL_VERSION=<n>]:
+# the steps of model/deploy/README.md. Registers model/artifacts as a new model version, creates
+# the endpoint if it is missing, creates (or updates) the `blue` deployment on that version with
+# all traffic, and prints the two values the function app needs. Needs the Azure CLI and its ml
+# extension, signed in (az login); refuses with a message otherwise.
+AML_GROUP ?=
+AML_WORKSPACE ?=
+AML_ENDPOINT_NAME := fleetscore-anomaly
+AML_DEPLOYMENT_NAME := blue
+
+aml-deploy: ## Deploy the model to an AML online endpoint (AML_GROUP=, AML_WORKSPACE=; needs az + its ml extension)
+	@command -v az >/dev/null 2>&1 || { echo "make aml-deploy: the Azure CLI (az) is not installed; install it, run 'az extension add -n ml' and 'az login', then run this again"; exit 2; }
+	@az extension show --name ml >/dev/null 2>&1 || { echo "make aml-deploy: the Azure CLI's ml extension is missing: az extension add -n ml"; exit 2; }
+	@if [ -z "$(AML_GROUP)" ] || [ -z "$(AML_WORKSPACE)" ]; then echo "usage: make aml-deploy AML_GROUP=<resource group> AML_WORKSPACE=<AML workspace> [MODEL_VERSION=<n>]"; exit 2; fi
+	@test -f model/artifacts/failure.json || { echo "make aml-deploy: model/artifacts/failure.json is missing: run 'make model' first"; exit 2; }
+	@set -euo pipefail; \
+	ws="--resource-group $(AML_GROUP) --workspace-name $(AML_WORKSPACE)"; \
+	version="$${MODEL_VERSION:-$$(date -u +%Y%m%d%H%M%S)}"; \
+	echo "==> 1/4 az ml model create: model/artifacts as $(AML_ENDPOINT_NAME):$$version"; \
+	az ml model create --name $(AML_ENDPOINT_NAME) --version "$$version" --path model/artifacts --type custom_model $$ws --output none; \
+	if az ml online-endpoint show --name $(AML_ENDPOINT_NAME) $$ws --output none 2>/dev/null; then \
+		echo "==> 2/4 endpoint $(AML_ENDPOINT_NAME) exists"; \
+	else \
+		echo "==> 2/4 az ml online-endpoint create (model/deploy/endpoint.yml)"; \
+		az ml online-endpoint create --file model/deploy/endpoint.yml $$ws --output none; \
+	fi; \
+	if az ml online-deployment show --name $(AML_DEPLOYMENT_NAME) --endpoint-name $(AML_ENDPOINT_NAME) $$ws --output none 2>/dev/null; then \
+		echo "==> 3/4 az ml online-deployment update (model/deploy/deployment.yml, model version $$version)"; \
+		az ml online-deployment update --file model/deploy/deployment.yml --set model=azureml:$(AML_ENDPOINT_NAME):$$version $$ws --output none; \
+	else \
+		echo "==> 3/4 az ml online-deployment create (model/deploy/deployment.yml, model version $$version, all traffic)"; \
+		az ml online-deployment create --file model/deploy/deployment.yml --set model=azureml:$(AML_ENDPOINT_NAME):$$version --all-traffic $$ws --output none; \
+	fi; \
+	echo "==> 4/4 the function app's settings"; \
+	echo "AML_ENDPOINT_URL=$$(az ml online-endpoint show --name $(AML_ENDPOINT_NAME) $$ws --query scoring_uri --output tsv)"; \
+	echo "AML_ENDPOINT_KEY: az ml online-endpoint get-credentials --name $(AML_ENDPOINT_NAME) $$ws --query primaryKey --output tsv"
 
 bench: setup ## Every benchmark (~12 min): bench/results.json, bench/RESULTS.md, bench/e2e_latency.png
 	@echo "==> make bench: each hop, the design's ratios, the table writer, and the whole stack at rising load"
