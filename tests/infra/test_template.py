@@ -359,3 +359,18 @@ def test_bicep_and_arm_declare_the_same_parameters_settings_and_resources():
     ]
     for value in ARM["variables"]["roles"].values():
         assert value in BICEP
+
+
+def test_readme_documents_every_template_parameter_and_passes_only_real_ones():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploying to Azure") : readme.index("## Running each part")]
+    table = section[section.index("### Template parameters") :]
+    assert [n for n in ARM["parameters"] if f"| `{n}` |" not in table] == []
+    # `--parameters` and its backslash-continued lines, in every command of the section.
+    arguments = re.findall(r"--parameters((?:[^\n]*\\\n)*[^\n]*)", section)
+    passed = set(re.findall(r"\b([a-zA-Z]+)=", " ".join(arguments)))
+    required = {n for n, p in ARM["parameters"].items() if "defaultValue" not in p}
+    assert required <= passed <= set(ARM["parameters"])
+    outputs = set(re.findall(r"properties\.outputs\.(\w+)\.value", section))
+    assert outputs
+    assert outputs <= set(ARM["outputs"])
