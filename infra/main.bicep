@@ -139,8 +139,8 @@ var tableServiceUri = 'https://${storageAccountName}.table.${environment().suffi
 // Every setting shared/settings.py reads (tests/infra/test_template.py holds them to it), plus
 // the host's own. Connections go by identity: the `__fullyQualifiedNamespace` /
 // `__tableServiceUri` / `__accountName` forms, never a key. Secrets are Key Vault references.
-// Values known before deployment only; the Application Insights connection string is added
-// where the settings are applied (a variable cannot hold a runtime value in ARM JSON).
+// Values known before deployment only; the Application Insights connection string is in
+// runtimeSettings below.
 var appSettings = {
   AzureWebJobsStorage__accountName: storageAccountName
   FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '1048576'
@@ -174,12 +174,22 @@ var appSettings = {
 }
 // Elastic Premium only: Flex Consumption refuses these (its runtime is in functionAppConfig, and
 // it has no content share). Azure Files takes no identity, hence the one account key
-// (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING, added where the settings are applied).
+// (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING, in premiumRuntimeSettings below).
 var premiumSettings = {
   FUNCTIONS_EXTENSION_VERSION: '~4'
   FUNCTIONS_WORKER_RUNTIME: 'python'
   WEBSITE_CONTENTSHARE: contentShareName
 }
+
+// Values only the deployment knows. Bicep inlines these variables where they are used (ARM
+// JSON variables cannot call reference() or listKeys()), as azuredeploy.json shows.
+var runtimeSettings = {
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+}
+var premiumRuntimeSettings = union(premiumSettings, {
+  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: contentShareConnection
+})
+var contentShareConnection = 'DefaultEndpointsProtocol=https;AccountName=${storageAccountName};EndpointSuffix=${environment().suffixes.storage};AccountKey=${storageAccount.listKeys().keys[0].value}'
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName
@@ -400,7 +410,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
             }
             {
               name: 'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING'
-              value: 'DefaultEndpointsProtocol=https;AccountName=${storageAccountName};EndpointSuffix=${environment().suffixes.storage};AccountKey=${storageAccount.listKeys().keys[0].value}'
+              value: contentShareConnection
             }
             {
               name: 'WEBSITE_CONTENTSHARE'
@@ -469,17 +479,7 @@ resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: functionApp
   name: 'appsettings'
-  properties: union(
-    appSettings,
-    {
-      APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
-    },
-    isFlex
-      ? {}
-      : union(premiumSettings, {
-          WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: 'DefaultEndpointsProtocol=https;AccountName=${storageAccountName};EndpointSuffix=${environment().suffixes.storage};AccountKey=${storageAccount.listKeys().keys[0].value}'
-        })
-  )
+  properties: union(appSettings, runtimeSettings, isFlex ? {} : premiumRuntimeSettings)
   dependsOn: [
     eventHubsSender
     eventHubsReceiver
