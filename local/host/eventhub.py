@@ -57,6 +57,7 @@ from .eventhub_config import (
     EventHubFunction,
     EventHubOptions,
     storage_connection,
+    thread_count,
 )
 from .eventhub_listener import Checkpoint, Invocation, TriggerListener
 from .retry import parse_retry_policy
@@ -80,6 +81,9 @@ class EventHubHost:
         ownership_expiration: Seconds after which a silent host's partitions may be taken.
         load_balancing_strategy: The SDK's `greedy` (claim a fair share at once; the default,
             so one host starts on every partition) or `balanced` (one partition per round).
+
+    Batches of different partitions run side by side, up to `PYTHON_THREADPOOL_THREAD_COUNT`
+    at once (read from `environ`), as the Python worker runs them on Azure.
 
     Raises:
         AppConfigError: Unreadable host.json or function.json, a missing setting (named).
@@ -116,6 +120,7 @@ class EventHubHost:
                 EventHubFunction.from_config(config, environ, host_retry=host_retry)
             )
         self._storage = storage_connection(environ) if self.functions else ""
+        self.threads = thread_count(environ)
         self.checkpoint_container = checkpoint_container
         self._client_options = {
             "load_balancing_interval": load_balancing_interval,
@@ -181,6 +186,7 @@ class EventHubHost:
                 stopping=self._stopping,
                 record=self._record,
                 client_options=self._client_options,
+                threads=self.threads,
             )
             listener.start()
             self._listeners.append(listener)

@@ -10,6 +10,7 @@ none ever carries a connection string's value.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -222,3 +223,24 @@ def storage_connection(environ: Mapping[str, str]) -> str:
     if value.replace(" ", "").lower().rstrip(";") == "usedevelopmentstorage=true":
         return _DEV_STORAGE
     return value
+
+
+THREADS_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
+
+
+def thread_count(environ: Mapping[str, str]) -> int:
+    """Invocations a worker runs at once: Azure's `PYTHON_THREADPOOL_THREAD_COUNT` (1-32).
+
+    Unset, it is what the Python worker uses on 3.9 and later, `ThreadPoolExecutor`'s default
+    of min(32, CPUs + 4). An Event Hub trigger runs one batch per partition at a time, so a host
+    holding several partitions scores them side by side, up to this many.
+
+    Raises:
+        AppConfigError: Not a whole number from 1 to 32; names the setting.
+    """
+    text = environ.get(THREADS_SETTING, "").strip()
+    if not text:
+        return min(32, (os.cpu_count() or 1) + 4)
+    if not text.isdigit() or not 1 <= int(text) <= 32:
+        raise AppConfigError(f"{THREADS_SETTING} must be a whole number from 1 to 32, not {text!r}")
+    return int(text)

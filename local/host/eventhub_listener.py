@@ -2,8 +2,13 @@
 
 `TriggerListener` runs `EventHubConsumerClient.receive_batch` on a thread of its own. Per
 batch: convert (`local.host.eventhub_binding`), call, retry the same batch by the function's
-policy, checkpoint after success. The host (`local.host.eventhub`) builds one per function and
-stops them all through one `threading.Event`.
+policy, checkpoint after success. The SDK's synchronous processor visits its partitions one
+after another; so that a host holding several partitions works on them side by side, as the
+Functions host does, each batch is queued on its partition's lane and the next partition is read
+while a worker thread runs it. A partition has at most one batch in process and `LANE_DEPTH`
+waiting behind it, so its batches and checkpoints stay in order and memory stays bounded.
+The host (`local.host.eventhub`) builds one per function and stops them all through one
+`threading.Event`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.eventhub import CheckpointStore, EventData, EventHubConsumerClient
@@ -51,6 +57,19 @@ class Checkpoint:
     sequence_number: int
 
 
+LANE_DEPTH = 4  # batches a partition may have waiting behind the one in process
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One partition's batches: processed in order, one at a time, by one worker at a time."""
+
+    pending: collections.deque[tuple[Any, Sequence[EventData]]] = field(
+        default_factory=collections.deque
+    )
+    running: bool = False
+
+
 class TriggerListener:
     """One function's consumer client and the thread that runs its `receive_batch`.
 
@@ -62,6 +81,8 @@ class TriggerListener:
         stopping: Set by the host on shutdown: no new call, no retry, no checkpoint.
         record: Called with each `Invocation` and `Checkpoint` (from the listener's thread).
         client_options: Extra `EventHubConsumerClient` keywords (load balancing).
+        threads: Batches (of different partitions) in flight at once; 1 runs each batch on the
+            SDK's own thread.
     """
 
     def __init__(
@@ -74,6 +95,7 @@ class TriggerListener:
         stopping: threading.Event,
         record: Callable[[Invocation | Checkpoint], None],
         client_options: Mapping[str, Any],
+        threads: int = 1,
     ) -> None:
         self.function = function
         self.handler = handler
@@ -91,6 +113,13 @@ class TriggerListener:
         self.thread = threading.Thread(
             target=self._run, name=f"eventhub-trigger:{function.name}", daemon=True
         )
+        self._workers = (
+            ThreadPoolExecutor(threads, thread_name_prefix=f"invoke:{function.name}")
+            if threads > 1
+            else None
+        )
+        self._lanes: dict[str, _Lane] = {}  # partition -> its batches waiting or in process
+        self._lanes_changed = threading.Condition()
 
     def start(self) -> None:
         """Start reading on the listener's own thread (partitions are claimed from there)."""
@@ -117,7 +146,16 @@ class TriggerListener:
             # closing again stops a processor started since (and is harmless otherwise).
             self.client.close()
             self.thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
-        if self.thread.is_alive():
+        if self._workers is not None:
+            with self._lanes_changed:
+                while any(lane.running for lane in self._lanes.values()):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lanes_changed.wait(min(left, 0.5))
+            self._workers.shutdown(wait=False, cancel_futures=True)
+        busy = self.thread.is_alive() or any(lane.running for lane in self._lanes.values())
+        if busy:
             log.warning(
                 "function %s still running after %.0fs; its batch is abandoned, not checkpointed",
                 self.function.name,
@@ -175,6 +213,50 @@ class TriggerListener:
     def _on_batch(self, context: Any, events: Sequence[EventData]) -> None:
         if not events or self._stopping.is_set():
             return
+        if self._workers is None:
+            self._process(context, events)
+            return
+        with self._lanes_changed:
+            lane = self._lanes.setdefault(context.partition_id, _Lane())
+            # A partition that is behind holds the reading thread only once its lane is full:
+            # the other partitions' batches keep flowing until then, and memory stays bounded.
+            while len(lane.pending) >= LANE_DEPTH and not self._stopping.is_set():
+                self._lanes_changed.wait(0.5)
+            if self._stopping.is_set():
+                return
+            lane.pending.append((context, events))
+            if lane.running:
+                return
+            lane.running = True
+        try:
+            self._workers.submit(self._drain, lane)
+        except RuntimeError:  # the pool was shut down: the host is stopping
+            with self._lanes_changed:
+                lane.running = False
+                self._lanes_changed.notify_all()
+
+    def _drain(self, lane: _Lane) -> None:
+        """Process a partition's batches one after another, on a worker thread, until none wait."""
+        while True:
+            with self._lanes_changed:
+                if not lane.pending or self._stopping.is_set():
+                    lane.pending.clear()  # left unchecked: read again from the checkpoint
+                    lane.running = False
+                    self._lanes_changed.notify_all()
+                    return
+                context, events = lane.pending.popleft()
+                self._lanes_changed.notify_all()
+            try:
+                self._process(context, events)
+            except Exception:  # nobody else would see it on this thread
+                log.exception(
+                    "function %s: partition %s batch failed in the host; not checkpointed",
+                    self.function.name,
+                    context.partition_id,
+                )
+
+    def _process(self, context: Any, events: Sequence[EventData]) -> None:
+        """Call with retries, then checkpoint: one batch of one partition."""
         partition = PartitionInfo(
             namespace=context.fully_qualified_namespace,
             eventhub_name=context.eventhub_name,

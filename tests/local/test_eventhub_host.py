@@ -29,7 +29,7 @@ from local.eventhubs.config import parse_config
 from local.eventhubs.runner import EmulatorThread
 from local.host import AppConfigError
 from local.host.eventhub import EventHubHost
-from local.host.eventhub_config import EventHubOptions, resolve_setting_references
+from local.host.eventhub_config import EventHubOptions, resolve_setting_references, thread_count
 from local.host.retry import parse_retry_policy, parse_timespan
 from shared.events import encode_device_events
 from shared.readings import format_timestamp, group_by_device, parse_body
@@ -80,7 +80,7 @@ def test_eventhub_host_resolves_bindings_and_host_json_options():
     }
     host = EventHubHost(APP, environ=env)
     by_name = {f.name: f for f in host.functions}
-    assert sorted(by_name) == ["ehx_flaky", "ehx_record", "ehx_single"]
+    assert sorted(by_name) == ["ehx_flaky", "ehx_gate", "ehx_record", "ehx_single"]
     assert not by_name["ehx_single"].many  # cardinality defaults to one, as in the host
     record = by_name["ehx_record"]
     # EntityPath in the connection string overrides eventHubName, as in the host.
@@ -98,7 +98,7 @@ def test_eventhub_host_resolves_bindings_and_host_json_options():
     only = EventHubHost(APP, environ=env, functions=["ehx_flaky"])
     assert [f.name for f in only.functions] == ["ehx_flaky"]
     disabled = EventHubHost(APP, environ={**env, "AzureWebJobs.ehx_flaky.Disabled": "true"})
-    assert [f.name for f in disabled.functions] == ["ehx_record", "ehx_single"]
+    assert [f.name for f in disabled.functions] == ["ehx_gate", "ehx_record", "ehx_single"]
     assert "ehx_flaky" in disabled.skipped
 
 
@@ -222,12 +222,18 @@ def start_host(
     """Start hosts on the test app; every one still running is stopped before the emulator."""
     started: list[EventHubHost] = []
 
-    def start(functions: list[str], hub: str = "solo", **kwargs: Any) -> EventHubHost:
+    def start(
+        functions: list[str],
+        hub: str = "solo",
+        settings: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> EventHubHost:
         env = {
             "EHX_CONNECTION": hubs.connection_string(),
             "EHX_HUB": hub,
             "EHX_GROUP": "$Default",
             "AzureWebJobsStorage": azurite_blobs,
+            **(settings or {}),
         }
         host = EventHubHost(
             APP, environ=env, functions=functions, checkpoint_container=container, **kwargs
@@ -470,6 +476,68 @@ def test_two_eventhub_hosts_share_four_partitions_and_process_every_event(
     steady = [e for e in everything if e in expected]
     assert sorted(steady) == sorted(expected)  # and the steady-state ones exactly once
     assert all(processed(h) for h in hosts)
+
+
+def test_thread_count_reads_the_workers_setting_and_names_it_when_wrong():
+    assert thread_count({}) == min(32, (os.cpu_count() or 1) + 4)
+    assert thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "1"}) == 1
+    assert thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": " 32 "}) == 32
+    for bad in ("0", "33", "four", "-2"):
+        with pytest.raises(AppConfigError, match="PYTHON_THREADPOOL_THREAD_COUNT"):
+            thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": bad})
+
+
+@pytest.fixture
+def gate() -> Any:
+    sys.path.insert(0, str(APP))
+    try:
+        module = importlib.import_module("ehx_gate")
+    finally:
+        sys.path.remove(str(APP))
+    module.CALLS.clear()
+    module.OTHERS.clear()
+    module.ZERO_STARTED.clear()
+    return module
+
+
+def _gated_run(hubs: EmulatorThread, start_host: Any, gate: Any, threads: str) -> list[Any]:
+    """Two batches on partition 0, then one on partition 1; what the gate function saw."""
+    host = start_host(
+        ["ehx_gate"], hub="readings", settings={"PYTHON_THREADPOOL_THREAD_COUNT": threads}
+    )
+    assert host.threads == int(threads)
+    with EventHubProducerClient.from_connection_string(
+        hubs.connection_string(), eventhub_name="readings"
+    ) as producer:
+        for partition, count in (("0", 6), ("1", 1)):
+            batch = producer.create_batch(partition_id=partition)
+            for i in range(count):
+                batch.add(EventData(f"{partition}-{i}"))
+            producer.send_batch(batch)
+            # Partition 1's event goes out once partition 0's first batch is waiting at the gate.
+            assert wait_until(gate.ZERO_STARTED.is_set, timeout=30)
+    done = lambda: sum(len(s) for p, s, _ in gate.CALLS if p == "0") == 6  # noqa: E731
+    assert wait_until(lambda: done() and any(p == "1" for p, _, _ in gate.CALLS), timeout=30)
+    return list(gate.CALLS)
+
+
+@pytest.mark.stack
+@pytest.mark.azurite
+def test_batches_of_different_partitions_run_side_by_side_each_partition_in_order(
+    hubs, start_host, gate
+):
+    calls = _gated_run(hubs, start_host, gate, threads="4")
+    first = next(c for c in calls if c[0] == "0")
+    assert first[2], "partition 0's batch waited alone: partition 1 never ran beside it"
+    zero = [s for p, seqs, _ in calls if p == "0" for s in seqs]
+    assert zero == sorted(zero) == list(range(6))  # batches of 4 + 2, one at a time, in order
+
+
+@pytest.mark.stack
+@pytest.mark.azurite
+def test_one_worker_thread_runs_one_batch_at_a_time(hubs, start_host, gate):
+    calls = _gated_run(hubs, start_host, gate, threads="1")
+    assert not next(c for c in calls if c[0] == "0")[2]  # the gate timed out: nothing beside it
 
 
 # --- the real score_function under `python -m local.host` -----------------------------------
