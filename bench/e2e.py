@@ -2,24 +2,29 @@
 
     .venv/bin/python bench/e2e.py [--quick] [--json FILE]
 
-Starts the demo's stack (Azurite, the Event Hubs emulator, azmlinfsrv with the real model, the
-dashboard, one HTTP host, two score hosts) on free ports and drives it with the simulated fleet
-through the ingest function, one stage per offered rate. A stage is *sustained* when the sender
-got ≥ 97 % of the offered readings acknowledged, the backlog (accepted, not yet stored) grew by
-less than 10 % of the offered rate over the stage's second half, and what was left drained
-within 20 s of the stage's end (a retried invocation alone waits 5 s). For each stage:
-offered and stored readings/s, p50/p99 latency from the 202 to the prediction row's Timestamp,
-and the CPU each process used per wall second, which names the bottleneck (the process closest
-to a full core; Node's Azurite and each Python process are single-core bound).
+For each offered rate, starts a fresh copy of the demo's stack (Azurite, the Event Hubs
+emulator, azmlinfsrv with the real model, the dashboard, one HTTP host, two score hosts) on free
+ports and drives it with the simulated fleet through the ingest function for one stage. A stage
+is *sustained* when the sender got ≥ 97 % of the offered readings acknowledged, the backlog
+(accepted, not yet stored) grew by less than 10 % of the offered rate over the stage's second
+half, and what was left drained within 20 s of the stage's end (a retried invocation alone
+waits 5 s). For each stage: offered and stored readings/s, p50/p99 latency from the 202 to the
+prediction row's Timestamp, and the CPU each process used per wall second, which names the
+bottleneck (the process closest to a full core; Node's Azurite and each Python process are
+single-core bound).
 
 Everything shares this machine's cores, so the score host's own efficiency is reported too:
-readings stored per CPU-second of the score hosts.
+readings stored per CPU-second of the score hosts. Last, Azurite's own write ceiling over as
+many rows as the best stage stored (`e2e_storage_ceiling_entities_per_s`), which `run_all.py`
+divides into the sustained rate for `e2e_vs_storage_ceiling`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import re
 import shutil
 import sys
 import threading
@@ -35,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 
 from _common import bench_parser, emit_json
+from table_writes import DEVICES as WRITE_DEVICES
+from table_writes import Fleet as PredictionFleet
+from table_writes import azurite, ceiling
 
 from local.demo.processes import free_ports
 from local.demo.stack import DemoConfig, Ports, Stack
@@ -76,6 +84,7 @@ class Stage:
     p99_s: float | None = None
     cpu: dict[str, float] | None = None  # CPU seconds per wall second, per process
     ingest_p50_ms: float | None = None  # the sender's request latency (whole run so far)
+    rows: int = 0  # Predictions rows the stage's table held at its end (warm-up included)
 
     @property
     def accepted_per_s(self) -> float:
@@ -181,6 +190,37 @@ def _slope(points: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (y - my) for t, y in points) / var if var else 0.0
 
 
+class ScoredLog:
+    """Predictions the score hosts report storing, read from the tail of their logs.
+
+    Watching the backlog by querying the Predictions table every second would load the very
+    Azurite the score hosts write to: Azurite scans the whole table for any filter, and the
+    table grows with every stage. So progress is read from each host's log line ("... N
+    predictions ..."), written after the batch's rows are stored; the table is read once a
+    stage has drained, to confirm every accepted reading by key and take its latency.
+    """
+
+    _PATTERN = re.compile(rb"scored \d+ readings .*?: (\d+) predictions")
+
+    def __init__(self, paths: list[Path]) -> None:
+        """Count from the logs' current ends."""
+        self._offsets = {p: p.stat().st_size if p.exists() else 0 for p in paths}
+        self.predictions = 0
+
+    def refresh(self) -> int:
+        """Add what the hosts logged since the last look; the running total."""
+        for path, offset in self._offsets.items():
+            if not path.exists():
+                continue
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next look
+            self.predictions += sum(int(m) for m in self._PATTERN.findall(chunk[:end]))
+            self._offsets[path] = offset + end
+        return self.predictions
+
+
 def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> Stage:
     """Offer `offered` readings/s for `seconds` while watching the backlog; then let it drain.
 
@@ -194,6 +234,8 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
     own_cpu = time.process_time()
     before = set(sender.accepts.snapshot())
     since = datetime.now(UTC) - timedelta(seconds=2)
+    hosts = [n for n in leaders if n.startswith("score-host")]
+    scored = ScoredLog([stack.processes.log_path(n) for n in hosts])
     written: dict[tuple[str, str], float] = {}
     table = PredictionsTable(stack.storage_connection)
 
@@ -208,18 +250,21 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
     try:
         while thread.is_alive():
             thread.join(1.0)
-            look()
             accepted_now = len(sender.accepts.accepted_at) - len(before)
-            stored_now = sum(1 for k in written if k not in before)
-            backlog.append((time.monotonic() - wall, accepted_now - stored_now))
+            backlog.append((time.monotonic() - wall, accepted_now - scored.refresh()))
         stage.seconds = sender.sending_s
         ended = time.monotonic()
         accepted = {k: t for k, t in sender.accepts.snapshot().items() if k not in before}
         stage.accepted = len(accepted)
+        while scored.refresh() < len(accepted) and time.monotonic() - ended < DRAIN_LIMIT_S:
+            time.sleep(0.25)
+        lag = time.monotonic() - ended
+        look()  # the logs say so; the table confirms, key by key
         while not set(accepted) <= set(written) and time.monotonic() - ended < DRAIN_LIMIT_S:
-            time.sleep(0.5)
+            time.sleep(2.0)
             look()
-        stage.lag_s = round(time.monotonic() - ended, 2)
+            lag = time.monotonic() - ended
+        stage.lag_s = round(lag, 2)
         stage.drained = set(accepted) <= set(written)
     finally:
         table.close()
@@ -238,31 +283,69 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
 
 
 def measure(quick: bool = False) -> dict[str, Any]:
-    """Rising stages until one is not sustained; the figures of the best sustained one."""
+    """Rising stages until one is not sustained; the figures of the best sustained one.
+
+    Each stage gets a fresh stack (about 3 s to start). Azurite's cost per entity grows with
+    the rows a table holds, which Azure Table Storage's does not; on one stack for every stage,
+    each stage would inherit the rows of all the earlier ones and measure that instead.
+    """
     rates = (
-        [500.0, 1500.0, 3000.0]
+        [1500.0, 3000.0, 5000.0]
         if quick
-        else [500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0]
+        else [1000.0, 2000.0, 3000.0, 4000.0, 4500.0, 5000.0, 5500.0, 6000.0, 7000.0, 8000.0]
     )
     seconds = 10.0 if quick else 30.0
     stages: list[Stage] = []
-    workdir = LOGS_ROOT
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    print(f"  the stack's logs: {workdir / 'logs'}", file=sys.stderr, flush=True)
-    with running_stack(workdir, score_hosts=2) as stack:
-        sender = Sender(stack.ingest_url, stack.function_key)
-        try:
-            sender.send(100.0, 3.0)  # warm every connection and the model's first states
-            for rate in rates:
+    if LOGS_ROOT.exists():
+        shutil.rmtree(LOGS_ROOT)
+    print(f"  the stacks' logs: {LOGS_ROOT}/stage-<rate>/logs", file=sys.stderr, flush=True)
+    for rate in rates:
+        with running_stack(LOGS_ROOT / f"stage-{rate:.0f}", score_hosts=2) as stack:
+            sender = Sender(stack.ingest_url, stack.function_key)
+            try:
+                sender.send(100.0, 3.0)  # warm every connection and the model's first states
                 stage = run_stage(stack, sender, rate, seconds)
-                stages.append(stage)
-                print(_stage_line(stage), file=sys.stderr, flush=True)
-                if not stage.sustained:
-                    break
-        finally:
-            sender.close()
-    return _figures(stages)
+                stage.rows = len(sender.accepts.snapshot())
+            finally:
+                sender.close()
+        stages.append(stage)
+        print(_stage_line(stage), file=sys.stderr, flush=True)
+        if not stage.sustained:
+            break
+    figures = _figures(stages)
+    best = max((s for s in stages if s.sustained), key=lambda s: s.accepted_per_s, default=None)
+    if best is not None:
+        figures.update(storage_ceiling(best.rows))
+    return figures
+
+
+def storage_ceiling(rows: int) -> dict[str, float]:
+    """Azurite's write ceiling over as many rows as the best stage left in its table.
+
+    A fresh Azurite, the best of 2 and 4 writer threads, 100-entity lean transactions, each run
+    writing `rows` predictions into a fresh table: the same amount of table the stage's Azurite
+    was working with, so the growth of Azurite's cost with the rows weighs on both sides alike
+    (table_writes.py's ceiling writes a few thousand rows).
+    """
+    print(f"  Azurite's write ceiling over {rows:,} rows", file=sys.stderr, flush=True)
+    per_device = math.ceil(rows / WRITE_DEVICES)
+    fresh = (f"c{i}" for i in itertools.count())
+    with azurite() as (conn, pid):
+        best, threads, per_entity = ceiling(
+            conn,
+            pid,
+            PredictionFleet(prefix="ceiling"),
+            scale=1,
+            table_prefix=lambda: next(fresh),
+            threads=(2, 4),
+            per_device=per_device,
+        )
+    print(f"  {best:,.0f} entities/s with {threads} writers", file=sys.stderr, flush=True)
+    return {
+        "e2e_storage_ceiling_entities_per_s": round(best, 1),
+        "e2e_storage_ceiling_rows": per_device * WRITE_DEVICES,
+        "e2e_azurite_cpu_us_per_entity_at_ceiling": round(per_entity, 1),
+    }
 
 
 def _stage_line(s: Stage) -> str:
@@ -304,6 +387,10 @@ def _figures(stages: list[Stage]) -> dict[str, Any]:
             round(best.accepted_per_s / hosts, 1) if hosts else None
         )
         figures["e2e_cpu_per_process_at_best"] = best.cpu
+        if best.cpu.get("azurite"):
+            figures["e2e_azurite_cpu_us_per_reading"] = round(
+                1e6 * best.cpu["azurite"] / best.accepted_per_s, 1
+            )
     at = limit or best
     if at is not None and at.cpu:
         name, used = max(at.cpu.items(), key=lambda kv: kv[1])

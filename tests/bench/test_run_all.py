@@ -54,7 +54,10 @@ def test_the_storage_ratio_is_derived_from_two_scripts_of_the_same_run(monkeypat
     class E2e:
         @staticmethod
         def measure(quick: bool) -> dict:
-            return {"e2e_sustained_readings_per_s": 2000.0}
+            return {
+                "e2e_sustained_readings_per_s": 2000.0,
+                "e2e_storage_ceiling_entities_per_s": 2500.0,
+            }
 
     class Tables:
         @staticmethod
@@ -63,7 +66,10 @@ def test_the_storage_ratio_is_derived_from_two_scripts_of_the_same_run(monkeypat
 
     monkeypatch.setattr(run_all, "_load", lambda name: E2e if name == "e2e" else Tables)
     results = run_all.run(["e2e", "table_writes"], quick=False)
-    assert results["e2e_vs_storage_ceiling"] == 0.4
+    assert results["e2e_vs_storage_ceiling"] == 0.8  # the e2e run's own Azurite and table
+    assert results["_meta"]["source"]["e2e_vs_storage_ceiling"] == "e2e"
+    assert results["e2e_vs_fresh_table_ceiling"] == 0.4  # against table_writes' fresh table
+    assert results["_meta"]["source"]["e2e_vs_fresh_table_ceiling"] == "e2e / table_writes"
 
 
 def test_markdown_lists_acceptance_stages_and_every_figure_with_its_command(tmp_path):
