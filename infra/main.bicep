@@ -171,6 +171,7 @@ var appSettings = {
   POWERBI_ACCESS_TOKEN: ''
   RESULTS_EVENTHUB_CONNECTION__fullyQualifiedNamespace: deployResultsHub ? eventHubsHost : ''
   RESULTS_EVENTHUB_NAME: resultsHubName
+  METRICS_LOG_INTERVAL_SECONDS: '60'
 }
 // Elastic Premium only: Flex Consumption refuses these (its runtime is in functionAppConfig, and
 // it has no content share). Azure Files takes no identity, hence the one account key

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import azure.functions as func
 
-from shared import wiring
+from shared import telemetry, wiring
 from shared.events import IncomingEvent
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,16 @@ def _partition(events: list[func.EventHubEvent]) -> str | None:
     return str(partition) if partition is not None else None
 
 
-def main(events: list[func.EventHubEvent]) -> None:
+# The worker passes `context` when main() names it, and refuses any annotation but a class named
+# Context (so not `func.Context | None`); the local host binds only the trigger, hence the default.
+def main(events: list[func.EventHubEvent], context: func.Context = None) -> None:
     """Adapter: decode the binding, run the pipeline; raising makes the retry policy redeliver."""
+    invocation_id = context.invocation_id if context is not None else telemetry.new_invocation_id()
+    with telemetry.invocation(invocation_id):
+        _score(events)
+
+
+def _score(events: list[func.EventHubEvent]) -> None:
     partition = _partition(events)
     incoming = [
         IncomingEvent(
@@ -38,6 +46,8 @@ def main(events: list[func.EventHubEvent]) -> None:
     try:
         _app.pipeline.process(incoming, now=datetime.now(UTC))
     except Exception:
+        if _app.pipeline.metrics is not None:
+            _app.pipeline.metrics.add("fleetscore.score.failures", 1)
         first = incoming[0].sequence_number if incoming else None
         log.exception(
             "batch of %d events (partition %s, first sequence %s) failed; it will be redelivered",

@@ -30,6 +30,7 @@ from .microbatch import MicroBatcher, ScoreOutcome
 from .predictions import DeviceResult, Prediction
 from .readings import Reading
 from .states import StateCache, StateStore
+from .telemetry import Metrics, batch_fields
 
 __all__ = ["BatchReport", "PredictionSink", "ScoreStore", "ScoringPipeline"]
 
@@ -73,6 +74,8 @@ class BatchReport:
     requests: int = 0
     reasons: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)  # per step, for logs and benches
+    dead_letter_sources: dict[str, int] = field(default_factory=dict)  # event, model, store
+    lag_ms: float | None = None  # now minus the newest event's enqueued time: consumer lag
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +118,13 @@ class ScoringPipeline:
         batcher: MicroBatcher,
         states: StateCache | None = None,
         sinks: Sequence[PredictionSink] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.batcher = batcher
         self.states = states or StateCache(store, ttl=0.0)
         self.sinks = list(sinks)
+        self.metrics = metrics
 
     def process(self, events: Sequence[IncomingEvent], *, now: datetime) -> BatchReport:
         """Process one trigger batch.
@@ -129,6 +134,9 @@ class ScoringPipeline:
                 of it has been checkpointed and nothing written so far can duplicate.
         """
         report = BatchReport(events=len(events))
+        enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
+        if enqueued:
+            report.lag_ms = max(0.0, (now - max(enqueued)).total_seconds() * 1000)
         event_letters: list[DeadLetter] = []
         devices: dict[str, list[Reading]] = {}
         origins: dict[int, _Origin] = {}  # id(reading) -> the event it came in
@@ -174,6 +182,11 @@ class ScoringPipeline:
         report.anomalies = sum(1 for p in predictions if p.is_anomaly)
         report.dead_letters = len(letters)
         report.reasons = [letter.reason for letter in letters]
+        for letter in letters:
+            sources = report.dead_letter_sources
+            sources[letter.source] = sources.get(letter.source, 0) + 1
+        if self.metrics is not None:
+            self.metrics.record_batch(report)
         log.info(
             "scored %d readings of %d devices from %d events in %d requests: "
             "%d predictions, %d anomalies, %d dead letters (ms: %s)",
@@ -185,6 +198,7 @@ class ScoringPipeline:
             report.anomalies,
             report.dead_letters,
             " ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+            extra=batch_fields(report),
         )
         return report
 

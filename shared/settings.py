@@ -114,6 +114,18 @@ SETTINGS: tuple[Setting, ...] = (
         "fullyQualifiedNamespace",
     ),
     Setting("RESULTS_EVENTHUB_NAME", "predictions", "Name of the results event hub"),
+    Setting(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "",
+        "Application Insights: metrics and structured logs export there through OpenTelemetry "
+        "(the Functions host reads it too); empty = a metrics summary in the log instead",
+    ),
+    Setting(
+        "METRICS_LOG_INTERVAL_SECONDS",
+        "60",
+        "Seconds between metrics summary lines in the log when Application Insights is not set; "
+        "0 = none",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -158,6 +170,8 @@ class Settings:
     results_eventhub_connection: str
     results_eventhub_namespace: str
     results_eventhub_name: str
+    applicationinsights_connection_string: str
+    metrics_log_interval_seconds: float
 
     @property
     def results_enabled(self) -> bool:
@@ -390,4 +404,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         results_eventhub_connection=results,
         results_eventhub_namespace=results_namespace,
         results_eventhub_name=_text(env, "RESULTS_EVENTHUB_NAME"),
+        applicationinsights_connection_string=_text(env, "APPLICATIONINSIGHTS_CONNECTION_STRING"),
+        metrics_log_interval_seconds=_number(env, "METRICS_LOG_INTERVAL_SECONDS", float, 0, 86_400),
     )

@@ -25,6 +25,7 @@ from .scoring import AmlClient
 from .settings import Settings, load_settings
 from .states import StateCache
 from .store import TableStore
+from .telemetry import MeteredScorer, Metrics, configure_telemetry
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -36,6 +37,7 @@ __all__ = [
     "get_credential",
     "get_settings",
     "ingest_app",
+    "metrics",
     "query_store",
     "score_app",
     "table_store",
@@ -90,11 +92,25 @@ def table_store(s: Settings) -> TableStore:
     )
 
 
+@functools.cache
+def metrics() -> Metrics:
+    """The worker's metrics, exported to Application Insights or summarised in the log."""
+    s = get_settings()
+    instruments, reporter = configure_telemetry(
+        connection_string=s.applicationinsights_connection_string,
+        log_interval=s.metrics_log_interval_seconds,
+    )
+    if reporter is not None:
+        atexit.register(reporter.close)
+    return instruments
+
+
 @dataclass(frozen=True, slots=True)
 class IngestApp:
     """What the ingest function needs."""
 
     publisher: EventPublisher
+    metrics: Metrics | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +125,8 @@ def ingest_app() -> IngestApp:
     """One producer per worker, reused by every request."""
     s = get_settings()
     return IngestApp(
-        eventhub_publisher(s.eventhub_connection, s.eventhub_namespace, s.eventhub_name)
+        eventhub_publisher(s.eventhub_connection, s.eventhub_namespace, s.eventhub_name),
+        metrics(),
     )
 
 
@@ -119,12 +136,15 @@ def query_store() -> TableStore:
     return table_store(get_settings())
 
 
-def _sinks(s: Settings) -> list[PredictionSink]:
+def _sinks(s: Settings, meter: Metrics | None = None) -> list[PredictionSink]:
     sinks: list[PredictionSink] = []
     if s.powerbi_enabled:
         from .powerbi import sink_from_settings
 
-        sinks.append(sink_from_settings(s))
+        powerbi = sink_from_settings(s)
+        if meter is not None:
+            meter.observe("fleetscore.powerbi.rows_dropped", lambda: powerbi.stats.rows_dropped)
+        sinks.append(powerbi)
     if s.results_enabled:
         from .results import ResultsSink
 
@@ -137,12 +157,20 @@ def _sinks(s: Settings) -> list[PredictionSink]:
         )
         results.start()
         atexit.register(results.close, 5.0)
+        if meter is not None:
+            meter.observe(
+                "fleetscore.results.predictions_dropped",
+                lambda: results.stats.predictions_dropped,
+            )
         sinks.append(results)
     return sinks
 
 
-def micro_batcher(s: Settings, url: str, key: str) -> MicroBatcher:
-    """The AML client and micro-batcher as the settings configure them (the bench uses it too)."""
+def micro_batcher(s: Settings, url: str, key: str, *, meter: Metrics | None = None) -> MicroBatcher:
+    """The AML client and micro-batcher as the settings configure them (the bench uses it too).
+
+    With `meter`, each AML attempt is timed and its status counted (`MeteredScorer`).
+    """
     client = AmlClient(
         url,
         key,
@@ -151,7 +179,7 @@ def micro_batcher(s: Settings, url: str, key: str) -> MicroBatcher:
         pool_size=s.score_max_concurrency * 2,
     )
     return MicroBatcher(
-        client,
+        client if meter is None else MeteredScorer(client, meter),
         max_rows=s.score_max_rows,
         max_bytes=s.score_max_bytes,
         max_concurrency=s.score_max_concurrency,
@@ -164,11 +192,13 @@ def score_app() -> ScoreApp:
     """The scoring pipeline with its AML client, table store, state cache and sinks."""
     s = get_settings()
     store = query_store()
-    batcher = micro_batcher(s, s.aml_endpoint_url, s.aml_endpoint_key)
+    meter = metrics()
+    batcher = micro_batcher(s, s.aml_endpoint_url, s.aml_endpoint_key, meter=meter)
     pipeline = ScoringPipeline(
         store=store,
         batcher=batcher,
         states=StateCache(store, ttl=s.state_cache_seconds),
-        sinks=_sinks(s),
+        sinks=_sinks(s, meter),
+        metrics=meter,
     )
     return ScoreApp(pipeline)

@@ -6,8 +6,10 @@ import importlib
 import inspect
 import json
 import re
+import typing
 from pathlib import Path
 
+import azure.functions as func
 import pytest
 
 from shared.settings import SETTINGS
@@ -36,7 +38,21 @@ def test_function_json_has_one_trigger_and_main_matches_bindings(name):
     module = importlib.import_module(name)
     params = list(inspect.signature(module.main).parameters)
     inputs = [b["name"] for b in conf["bindings"] if b["direction"] == "in"]
-    assert params == inputs
+    assert [p for p in params if p != "context"] == inputs
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_main_takes_the_invocation_context_as_the_worker_and_the_local_host_allow(name):
+    """The worker passes `context` to a main() that names it and refuses an annotation that is
+    not a class named Context (`func.Context | None` fails loading); the local host binds only
+    the trigger, so the parameter needs a default."""
+    main = importlib.import_module(name).main
+    context = inspect.signature(main).parameters["context"]
+    hint = typing.get_type_hints(main)["context"]
+    assert isinstance(hint, type)
+    assert hint.__name__ == "Context"
+    assert issubclass(hint, func.Context)
+    assert context.default is None
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

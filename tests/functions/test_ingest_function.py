@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import azure.functions as func
@@ -12,6 +13,7 @@ import ingest_function
 from shared.errors import PermanentError, TransientError
 from shared.publisher import InMemoryPublisher
 from shared.readings import format_timestamp
+from shared.telemetry import Metrics
 from shared.wiring import IngestApp
 
 
@@ -131,3 +133,32 @@ def test_ingest_producer_is_created_once_per_worker():
 
     assert wiring.ingest_app() is wiring.ingest_app()
     assert ingest_function._app is wiring.ingest_app()
+
+
+def test_ingest_function_counts_readings_and_tags_records_with_the_invocation_id(
+    monkeypatch, caplog
+):
+    class Context:
+        invocation_id = "0d9e8a52-0000-4000-8000-000000000002"
+
+    metrics = Metrics()
+    monkeypatch.setattr(ingest_function, "_app", IngestApp(InMemoryPublisher(), metrics))
+    caplog.set_level(logging.INFO)
+    body = json.dumps([reading("a"), reading("b"), reading("a", 30)]).encode()
+    req = func.HttpRequest(
+        method="POST",
+        url="/api/readings",
+        headers={"content-type": "application/json"},
+        params={},
+        route_params={},
+        body=body,
+    )
+    assert ingest_function.main(req, context=Context()).status_code == 202
+    assert post(b"[]").status_code == 400
+    assert metrics.counts() == {
+        "fleetscore.ingest.readings_accepted": 3,
+        "fleetscore.ingest.requests_rejected": 1,
+    }
+    [line] = [r for r in caplog.records if r.getMessage().startswith("ingest accepted")]
+    assert line.invocation_id == Context.invocation_id
+    assert line.__dict__["fleetscore.readings"] == 3

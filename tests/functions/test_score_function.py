@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -86,3 +87,28 @@ def test_score_function_raises_so_the_retry_policy_redelivers(store, aml, caplog
         in caplog.text
     )
     assert store.list_predictions("a", **window()).items == []
+
+
+class Context:
+    """What the worker passes as `context` (only the invocation id is read)."""
+
+    invocation_id = "5f0c1f4e-0000-4000-8000-000000000001"
+
+
+def test_score_function_tags_its_log_records_with_the_invocation_id(store, caplog):
+    caplog.set_level(logging.INFO)
+    events = eventhub_batch(bodies("a", 2), partition="2", enqueued=NOW)
+    score_function.main(events, context=Context())
+    [line] = [r for r in caplog.records if r.getMessage().startswith("scored 2 readings")]
+    assert line.invocation_id == Context.invocation_id
+    assert line.__dict__["fleetscore.predictions"] == 2
+
+
+def test_score_function_without_a_context_makes_up_an_id_per_invocation(store, caplog):
+    caplog.set_level(logging.INFO)
+    score_function.main(eventhub_batch(bodies("a", 1), partition="2", enqueued=NOW))
+    score_function.main(eventhub_batch(bodies("b", 1), partition="2", enqueued=NOW))
+    ids = [r.invocation_id for r in caplog.records if r.getMessage().startswith("scored 1 ")]
+    assert len(ids) == 2
+    assert len(set(ids)) == 2
+    assert all(ids)

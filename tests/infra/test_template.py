@@ -30,7 +30,6 @@ REQUIRED_PARAMETERS = {
 # Settings the Functions host reads itself (not shared/settings.py).
 HOST_SETTINGS = {
     "AzureWebJobsStorage__accountName",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT",
 }
 PREMIUM_ONLY = {
@@ -102,6 +101,7 @@ def test_template_settings_load_as_the_worker_would_load_them(parameters):
     assert settings.table_prefix == parameters.get("tablePrefix", "")
     assert settings.results_eventhub_namespace == (host if t.params["deployResultsHub"] else "")
     assert settings.powerbi_enabled is False
+    assert settings.applicationinsights_connection_string  # metrics export to App Insights
 
 
 def test_template_sets_every_setting_the_code_reads():
