@@ -29,6 +29,7 @@ from .errors import FleetscoreError
 
 if TYPE_CHECKING:
     from .pipeline import BatchReport
+    from .scoring import Scorer
 
 __all__ = [
     "COUNTERS",
@@ -315,7 +316,7 @@ class MeteredScorer:
 
     def __init__(
         self,
-        scorer: Any,
+        scorer: Scorer,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.perf_counter,
@@ -345,8 +346,10 @@ class MeteredScorer:
                 self.metrics.add("fleetscore.aml.throttles", 1, status=status)
 
     def close(self) -> None:
-        """Close the wrapped client."""
-        self.scorer.close()
+        """Close the wrapped client, if it has anything to close (a stand-in may not)."""
+        close = getattr(self.scorer, "close", None)
+        if close is not None:
+            close()
 
 
 def batch_fields(report: BatchReport) -> dict[str, object]:

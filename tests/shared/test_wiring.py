@@ -99,3 +99,48 @@ def test_results_hub_by_identity_builds_a_producer_on_that_namespace():
         assert publisher._producer.eventhub_name == "predictions"
     finally:
         publisher.close()
+
+
+def test_micro_batcher_times_aml_attempts_only_when_given_metrics():
+    from shared.scoring import AmlClient
+    from shared.telemetry import MeteredScorer, Metrics
+
+    s = load_settings(IDENTITY)
+    metrics = Metrics()
+    plain = wiring.micro_batcher(s, s.aml_endpoint_url, s.aml_endpoint_key)
+    metered = wiring.micro_batcher(s, s.aml_endpoint_url, s.aml_endpoint_key, meter=metrics)
+    try:
+        assert isinstance(plain.scorer, AmlClient)  # the bench's figures stay the client's own
+        assert isinstance(metered.scorer, MeteredScorer)
+        assert isinstance(metered.scorer.scorer, AmlClient)
+        assert metered.scorer.metrics is metrics
+    finally:
+        for batcher in (plain, metered):
+            batcher.close()
+            batcher.scorer.close()
+
+
+def test_power_bi_and_results_sinks_report_what_they_drop(monkeypatch):
+    from shared.telemetry import Metrics
+
+    s = load_settings(
+        {
+            **IDENTITY,
+            "POWERBI_PUSH_URL": "https://api.powerbi.com/beta/t/datasets/d/rows?key=k",
+            "RESULTS_EVENTHUB_CONNECTION": EVENTHUB_CONN,
+        }
+    )
+    monkeypatch.setattr("atexit.register", lambda *a, **k: None)  # closed below instead
+    metrics = Metrics()
+    sinks = wiring._sinks(s, metrics)
+    try:
+        assert metrics.take_summary() == ""  # nothing dropped yet: no line
+        assert set(metrics._observed) == {
+            "fleetscore.powerbi.rows_dropped",
+            "fleetscore.results.predictions_dropped",
+        }
+        sinks[1].stats.predictions_dropped = 5
+        assert metrics.take_summary() == "results.predictions_dropped 5"
+    finally:
+        for sink in sinks:
+            sink.close(0.1)
