@@ -271,19 +271,32 @@ class MetricsLogger:
     then show readings in, scored, stored, dead-lettered and the AML figures once a minute.
     """
 
-    def __init__(self, metrics: Metrics, *, interval: float) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
         self.metrics = metrics
         self.interval = interval
+        self._clock = clock
+        self._since = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def report(self) -> str:
-        """Log one summary line now (nothing when there is nothing to say); return it."""
+        """Log one summary line now (nothing when there is nothing to say); return it.
+
+        The line names the seconds it covers: an interval, or less for the last one at exit.
+        """
+        now = self._clock()
         line = self.metrics.take_summary()
         if line:
-            log.info("metrics (last %gs): %s", self.interval, line)
+            log.info("metrics (last %.0fs): %s", now - self._since, line)
+        self._since = now
         return line
 
     def start(self) -> None:
