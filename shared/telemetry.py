@@ -49,6 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METER_NAME = "fleetscore"
+EXPORTED_LOGGER = "shared"  # the loggers whose records (and their attributes) go to `traces`
 
 # name -> (unit, description); the names are what Application Insights shows in customMetrics.
 COUNTERS: Mapping[str, tuple[str, str]] = {
@@ -403,9 +404,12 @@ def configure_telemetry(
             from azure.monitor.opentelemetry import configure_azure_monitor
         configure_azure_monitor(
             connection_string=connection_string,
-            logger_name="shared",
+            logger_name=EXPORTED_LOGGER,
             disable_tracing=True,
         )
+        exported = logging.getLogger(EXPORTED_LOGGER)
+        if exported.getEffectiveLevel() > logging.INFO:  # the batch lines are INFO
+            exported.setLevel(logging.INFO)
         log.info("metrics and logs export to Application Insights")
         return Metrics(), None
     metrics = Metrics()

@@ -311,7 +311,16 @@ def test_with_a_connection_string_the_azure_monitor_distro_is_configured(monkeyp
     distro.configure_azure_monitor = lambda **kwargs: calls.append(kwargs)
     monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry", distro)
     conn = "InstrumentationKey=00000000-0000-0000-0000-000000000000"
-    metrics, reporter = configure_telemetry(connection_string=conn, log_interval=60)
+    shared_logger, root = logging.getLogger("shared"), logging.getLogger()
+    saved = shared_logger.level, root.level
+    shared_logger.setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)  # Python's default: INFO records would not reach the export
+    try:
+        metrics, reporter = configure_telemetry(connection_string=conn, log_interval=60)
+        assert shared_logger.getEffectiveLevel() == logging.INFO
+    finally:
+        shared_logger.setLevel(saved[0])
+        root.setLevel(saved[1])
     assert calls == [{"connection_string": conn, "logger_name": "shared", "disable_tracing": True}]
     assert reporter is None  # Application Insights has the figures: no summary line
     assert isinstance(metrics, Metrics)
