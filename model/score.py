@@ -19,7 +19,6 @@ request spends most of its time in this module, not in numpy.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 from model.detector import DetectorConfig, DeviceScores, score_devices
 from model.failure import FailureModel, load_failure_model
@@ -368,14 +368,24 @@ def _bad_request(field: str, message: str) -> Any:
     return AMLResponse(body, 400, json_str=True)
 
 
+def _ok(doc: dict[str, Any]) -> Any:
+    """The answer, serialized here: the inference server's own json.dumps costs ~15x orjson's."""
+    try:
+        from azureml.contrib.services.aml_response import AMLResponse
+    except ImportError:
+        return doc
+    body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return AMLResponse(body, 200, {"Content-Type": "application/json"})
+
+
 def run(raw_data: str | bytes) -> Any:
     """Score one request given as a JSON string; a 400 naming the field if it is malformed."""
     try:
-        request = json.loads(raw_data)
+        request = orjson.loads(raw_data)  # ~2x json's speed; NaN and Infinity are not JSON
     except (TypeError, ValueError) as exc:
         return _bad_request("$", f"not JSON: {exc}")
     try:
-        return score_request(request)
+        return _ok(score_request(request))
     except RequestError as exc:
         logger.warning("bad scoring request: %s", exc)
         return _bad_request(exc.field, exc.message)

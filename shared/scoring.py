@@ -11,7 +11,6 @@ rather than dead-letter readings.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -96,12 +96,12 @@ class AmlClient:
         status = resp.status_code
         if status == 200:
             try:
-                doc = resp.json()
+                doc = orjson.loads(resp.content)  # strict: NaN and Infinity are not JSON
             except ValueError as exc:
                 raise PermanentError("AML response is not JSON", status=status) from exc
             if isinstance(doc, str):  # a scoring script that returns a JSON string
                 try:
-                    doc = json.loads(doc)
+                    doc = orjson.loads(doc)
                 except ValueError as exc:
                     raise PermanentError("AML response is not JSON", status=status) from exc
             if not isinstance(doc, dict):

@@ -60,6 +60,8 @@ def test_aml_client_scores_and_sends_the_key(aml):
         ),
         ((400, {}, b"bad"), PermanentError, None),
         ((200, {}, b"not json"), PermanentError, None),
+        # NaN is Python's json extension, not JSON: a model that answers it is refused whole.
+        ((200, {}, b'{"model_version": "x", "devices": [], "score": NaN}'), PermanentError, None),
         ((401, {}, b"who"), EndpointConfigError, None),
         ((404, {}, b"where"), EndpointConfigError, None),
     ],
