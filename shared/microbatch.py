@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from .errors import PermanentError, ValidationError
 from .predictions import DeviceResult, parse_device_result
 from .readings import Reading, format_timestamp
@@ -40,9 +42,20 @@ CONTRACT_VERSION = 1
 # Bytes of envelope around each device's readings: {"device_id":..,"state":..,"readings":[..]},
 _DEVICE_OVERHEAD = 64
 _REQUEST_OVERHEAD = 32
-# json.dumps(..., separators=(",", ":")) without building an encoder per call; ASCII-only output,
-# so a string's length is its size in bytes.
-_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _json(value: object) -> str:
+    """Compact JSON, as json.dumps(..., separators=(",", ":")) writes it but ~10x faster.
+
+    orjson writes UTF-8 rather than ASCII escapes, so sizes go through `_size`. Only readings the
+    validators passed (finite numbers) and states read back from JSON come here.
+    """
+    return orjson.dumps(value).decode()
+
+
+def _size(text: str) -> int:
+    """Bytes of `text` in the UTF-8 request body (str.isascii is a flag check in CPython)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +104,19 @@ def next_chunk(
     rows = list(readings[start : start + max_rows])
     stamps = [_wire_time(r.timestamp) for r in rows]
     # Usually the whole run fits: encode it in one call, and cut reading by reading only if not.
-    text = _JSON.encode(
+    text = _json(
         [{"timestamp": t, "metrics": r.metrics} for t, r in zip(stamps, rows, strict=True)]
     )
-    if len(text) - 1 <= budget:
-        return DeviceChunk(device_id, rows, text, stamps, len(text) - 1)
+    if _size(text) - 1 <= budget:
+        return DeviceChunk(device_id, rows, text, stamps, _size(text) - 1)
     frags: list[str] = []
     size = 0
     for stamp, reading in zip(stamps, rows, strict=True):
-        frag = _JSON.encode({"timestamp": stamp, "metrics": reading.metrics})
-        if frags and size + len(frag) + 1 > budget:
+        frag = _json({"timestamp": stamp, "metrics": reading.metrics})
+        if frags and size + _size(frag) + 1 > budget:
             break
         frags.append(frag)
-        size += len(frag) + 1
+        size += _size(frag) + 1
     n = len(frags)
     return DeviceChunk(device_id, rows[:n], "[" + ",".join(frags) + "]", stamps[:n], size)
 
@@ -177,6 +190,7 @@ class MicroBatcher:
         max_rows: int = 2000,
         max_bytes: int = 1024 * 1024,
         max_concurrency: int = 4,
+        split_rows: int = 500,
         retry_deadline: float = 60.0,
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -186,6 +200,8 @@ class MicroBatcher:
         self.scorer = scorer
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.max_concurrency = max_concurrency
+        self.split_rows = split_rows
         self.retry_deadline = retry_deadline
         self.limit = AdaptiveLimit(max_concurrency)
         self.policy = policy or RetryPolicy()
@@ -212,38 +228,29 @@ class MicroBatcher:
         """
         deadline = self._clock() + self.retry_deadline
         outcome = ScoreOutcome()
-        encoded = {d: _JSON.encode(s) for d, s in states.items() if s is not None}
-        # A device's next chunk is cut each round against the state the model just returned,
-        # which may have grown, so every request stays within max_bytes.
+        encoded = {d: _json(s) for d, s in states.items() if s is not None}
         cursors = {d: 0 for d, rs in devices.items() if rs}
         while cursors:
-            round_chunks = []
-            for device_id in list(cursors):
-                readings = devices[device_id]
-                chunk = next_chunk(
-                    device_id,
-                    readings,
-                    cursors[device_id],
-                    max_rows=self.max_rows,
-                    max_bytes=self.max_bytes - len(encoded.get(device_id, "null")),
-                )
-                round_chunks.append(chunk)
-                cursors[device_id] += len(chunk.readings)
-                if cursors[device_id] >= len(readings):
-                    del cursors[device_id]
-            requests = pack_requests(
-                round_chunks,
-                {d: len(s) for d, s in encoded.items()},
-                max_rows=self.max_rows,
-                max_bytes=self.max_bytes,
+            groups = self._spread(
+                {d: min(len(devices[d]) - cursors[d], self.max_rows) for d in cursors}
             )
-            futures = [self._pool.submit(self._send, req, encoded, deadline) for req in requests]
+            starts = dict(cursors)
+            futures = [
+                self._pool.submit(self._round, group, devices, starts, encoded, deadline)
+                for group in groups
+            ]
             try:
-                answers = [future.result() for future in futures]
+                parts = [future.result() for future in futures]
             except BaseException:
                 for future in futures:  # the batch will come again: stop what has not started
                     future.cancel()
                 raise
+            for lengths, _ in parts:
+                for device_id, n in lengths.items():
+                    cursors[device_id] += n
+                    if cursors[device_id] >= len(devices[device_id]):
+                        del cursors[device_id]
+            answers = [answer for _, sent in parts for answer in sent]
             for results, rejected, model_version, count in answers:
                 outcome.requests += count
                 outcome.rejected.extend(rejected)
@@ -254,7 +261,7 @@ class MicroBatcher:
                         encoded[result.device_id] = (
                             result.state_json
                             if result.state_json is not None
-                            else _JSON.encode(result.state)
+                            else _json(result.state)
                         )
                     prior = outcome.results.get(result.device_id)
                     if prior is not None:
@@ -266,6 +273,59 @@ class MicroBatcher:
                         )
                     outcome.results[result.device_id] = result
         return outcome
+
+    def _spread(self, rows: Mapping[str, int]) -> list[list[str]]:
+        """Cut a round's devices into consecutive groups of about equal rows, one per worker.
+
+        A round of more than `split_rows` rows, or more than one request's `max_rows`, goes
+        out as up to `max_concurrency` requests, each cut, encoded and sent on its own worker:
+        the endpoint's workers (AML runs several per instance) share it, and this side encodes
+        and reads one request while the endpoint scores another. A small round stays one
+        request.
+        """
+        total = sum(rows.values())
+        requests = max(-(-total // self.max_rows), total // self.split_rows, 1)
+        parts = min(self.max_concurrency, requests)
+        groups: list[list[str]] = [[]]
+        done = 0
+        for device_id, n in rows.items():
+            if groups[-1] and done >= total * len(groups) / parts:
+                groups.append([])
+            groups[-1].append(device_id)
+            done += n
+        return groups
+
+    def _round(
+        self,
+        group: Sequence[str],
+        devices: Mapping[str, Sequence[Reading]],
+        starts: Mapping[str, int],
+        states: Mapping[str, str],
+        deadline: float,
+    ) -> tuple[dict[str, int], list[tuple[list[DeviceResult], list[Rejection], str | None, int]]]:
+        """Cut each device's next chunk, pack and send; (rows taken per device, the answers).
+
+        A device's chunk is cut against the state the model last returned, which may have
+        grown, so every request stays within max_bytes.
+        """
+        chunks = [
+            next_chunk(
+                d,
+                devices[d],
+                starts[d],
+                max_rows=self.max_rows,
+                max_bytes=self.max_bytes - _size(states.get(d, "null")),
+            )
+            for d in group
+        ]
+        requests = pack_requests(
+            chunks,
+            {d: _size(states[d]) for d in group if d in states},
+            max_rows=self.max_rows,
+            max_bytes=self.max_bytes,
+        )
+        sent = [self._send(request, states, deadline) for request in requests]
+        return {c.device_id: len(c.readings) for c in chunks}, sent
 
     def _send(
         self, chunks: list[DeviceChunk], states: Mapping[str, str], deadline: float

@@ -239,3 +239,37 @@ def test_predictions_over_the_table_limits_are_rejected_at_the_boundary(aml, mak
         "fat": "invalid model response: state: 262164 characters of JSON; at most 262144",
     }
     assert list(outcome.results) == ["ok"]
+
+
+def test_a_big_round_is_spread_over_the_workers_in_requests_of_about_equal_rows(aml, make_batcher):
+    devices = {f"d{i:02d}": readings(f"d{i:02d}", 50) for i in range(40)}  # 2,000 rows
+    outcome = make_batcher(max_rows=2000, max_concurrency=4, split_rows=500).score(
+        devices, {d: None for d in devices}
+    )
+    assert sorted(outcome.results) == sorted(devices)
+    assert outcome.requests == 4
+    sizes = [sum(len(d["readings"]) for d in req["devices"]) for req in aml.record.requests]
+    assert sorted(sizes) == [500, 500, 500, 500]
+    seen = [d["device_id"] for req in aml.record.requests for d in req["devices"]]
+    assert sorted(seen) == sorted(devices)  # every device once
+
+
+def test_a_small_round_stays_one_request(aml, make_batcher):
+    devices = {f"d{i}": readings(f"d{i}", 10) for i in range(20)}  # 200 rows
+    outcome = make_batcher(max_rows=2000, max_concurrency=4, split_rows=500).score(devices, {})
+    assert outcome.requests == 1
+
+
+def test_chunk_sizes_count_utf8_bytes_of_non_ascii_metric_names():
+    name = "température_" + "é" * 20
+    rs = readings("a", 3, **{name: 1.5})
+    [chunk] = chunk_device("a", rs, max_rows=10, max_bytes=1 << 20)
+    assert not chunk.readings_json.isascii()
+    assert chunk.size == len(chunk.readings_json.encode()) - 1
+    [one] = chunk_device("a", rs[:1], max_rows=10, max_bytes=1 << 20)
+    frag_bytes = len(one.readings_json.encode()) - 2  # without the brackets
+    assert len(one.readings_json) - 2 < frag_bytes - 20  # far fewer characters than bytes
+    # Room for two readings counted in characters, for one counted in bytes.
+    budget = 2 * (frag_bytes + 1) - 1
+    chunks = chunk_device("a", rs, max_rows=10, max_bytes=budget + 32 + 64 + 1)
+    assert [len(c.readings) for c in chunks] == [1, 1, 1]
