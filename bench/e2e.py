@@ -304,6 +304,10 @@ def measure(quick: bool = False) -> dict[str, Any]:
             sender = Sender(stack.ingest_url, stack.function_key)
             try:
                 sender.send(100.0, 3.0)  # warm every connection and the model's first states
+                # Both score hosts at work before the clock starts: a partition changing hands
+                # mid-stage replays its batch from the checkpoint and reads as a slow stage.
+                if not stack.wait_balanced(timeout=30.0):
+                    print("  (partitions not shared out in 30 s)", file=sys.stderr)
                 stage = run_stage(stack, sender, rate, seconds)
                 stage.rows = len(sender.accepts.snapshot())
             finally:
