@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -148,6 +149,7 @@ def run(
     progress_every_s: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
 ) -> int:
     """Step `fleet` for `duration_s` real seconds at `speed`, sending through `client`.
 
@@ -165,6 +167,8 @@ def run(
         progress_every_s: Real seconds between progress updates.
         clock: Monotonic seconds.
         sleep: Waits until the next step is due.
+        stop: Set (by a signal handler, say) to end the run like Ctrl-C, but between steps:
+            a KeyboardInterrupt can land while the client holds a lock and strand it.
 
     Returns:
         `EXIT_OK` when every reading sent was confirmed, `EXIT_FATAL` after a configuration
@@ -179,13 +183,16 @@ def run(
     last_shown = -math.inf
     steps = 0
     interrupted = False
+    stopped = stop.is_set if stop is not None else lambda: False
     try:
-        while steps < total and client.fatal is None:
+        while steps < total and client.fatal is None and not stopped():
             due = started + steps * period
-            while (wait := due - clock()) > 0:
+            while (wait := due - clock()) > 0 and not stopped():
                 sleep(min(wait, progress_every_s, _IDLE_TICK_S))
                 client.poll()  # a partial batch must not wait for the next step to go out
                 last_shown = _show(progress, fleet, client, clock, last_shown, progress_every_s)
+            if stopped():
+                break
             client.submit(fleet.step())
             steps += 1
             records = fleet.drain_truth()
@@ -196,6 +203,7 @@ def run(
     except KeyboardInterrupt:
         interrupted = True
         client.flush()
+    interrupted = interrupted or stopped()
     stats = client.stats()
     if progress is not None:
         final = format_progress(fleet.now, stats)

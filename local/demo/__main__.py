@@ -15,6 +15,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -185,8 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"==> sending: {args.devices} devices at {args.speed:g}x for {duration:.0f} s",
             flush=True,
         )
-        sent = fleet.send(progress=sys.stderr)
-        if sent.exit_code == 130:
+        # While the fleet sends, Ctrl-C and SIGTERM only ask it to stop between steps: raised
+        # anywhere, KeyboardInterrupt can land while the ingest client holds its lock, and the
+        # flush after it then waits on that lock for ever.
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            sent = fleet.send(progress=sys.stderr, stop=stop)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, _terminate)
+        if sent.exit_code == 130 or stop.is_set():
             raise KeyboardInterrupt
         if sent.fatal:
             print(f"simulator stopped: {sent.fatal}", file=sys.stderr)

@@ -109,8 +109,8 @@ class FleetRun:
         self.truth, self.manifest = truth, manifest
         self.accepts = AcceptLog()
 
-    def send(self, *, progress: Any = None) -> SendResult:
-        """Run until the duration is over or Ctrl-C (KeyboardInterrupt) stops it."""
+    def send(self, *, progress: Any = None, stop: threading.Event | None = None) -> SendResult:
+        """Run until the duration is over, `stop` is set, or Ctrl-C (KeyboardInterrupt)."""
         start = plan_start(datetime.now(UTC), speed=self.speed, duration_s=self.duration_s)
         fleet = Fleet(
             FleetConfig(devices=self.devices, seed=self.seed, interval_s=self.interval_s),
@@ -127,6 +127,7 @@ class FleetRun:
                 interval_s=self.interval_s,
                 truth=truth,
                 progress=progress,
+                stop=stop,
             )
         finally:
             client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from simulator.client import IngestClient
 from simulator.run import (
     EXIT_FAILED,
     EXIT_FATAL,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     format_progress,
     plan_start,
@@ -105,6 +107,35 @@ def test_run_steps_on_schedule_and_everything_is_confirmed():
     assert "\r" not in text  # not a terminal: plain lines a log can be read by
     assert "accepted 300" in text
     assert text.rstrip().endswith("ok: every reading sent was confirmed")
+
+
+def test_run_ends_between_steps_when_stop_is_set_and_keeps_what_was_accepted():
+    now = datetime.now(UTC)
+    clock = support.FakeClock()
+    fleet = FakeFleet(5, start=plan_start(now, speed=60, duration_s=10))
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if fleet.steps == 12:
+            stop.set()  # what the demo's Ctrl-C handler does, mid-wait
+
+    with support.FakeIngest() as server, fake_client(server.url, clock) as client:
+        code = run(
+            fleet,
+            client,
+            speed=60,
+            duration_s=10,
+            progress=None,
+            clock=clock,
+            sleep=sleep,
+            stop=stop,
+        )
+        manifest = client.manifest()
+    assert code == EXIT_INTERRUPTED
+    assert fleet.steps == 12  # no step after the stop
+    assert manifest["accepted"] == 60  # flushed: every reading of those steps answered
+    assert manifest == server.manifest()
 
 
 class TerminalSink(io.StringIO):
