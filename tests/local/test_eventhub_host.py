@@ -246,35 +246,32 @@ def start_host(
         host.stop()
 
 
-@pytest.fixture
-def record() -> Any:
+def _app_module(name: str) -> Any:
+    """Import one of the test app's function modules (as the host will) to read what it kept."""
     sys.path.insert(0, str(APP))
     try:
-        module = importlib.import_module("ehx_record")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(APP))
+
+
+@pytest.fixture
+def record() -> Any:
+    module = _app_module("ehx_record")
     module.CALLS.clear()
     return module
 
 
 @pytest.fixture
 def single() -> Any:
-    sys.path.insert(0, str(APP))
-    try:
-        module = importlib.import_module("ehx_single")
-    finally:
-        sys.path.remove(str(APP))
+    module = _app_module("ehx_single")
     module.CALLS.clear()
     return module
 
 
 @pytest.fixture
 def flaky() -> Any:
-    sys.path.insert(0, str(APP))
-    try:
-        module = importlib.import_module("ehx_flaky")
-    finally:
-        sys.path.remove(str(APP))
+    module = _app_module("ehx_flaky")
     module.CALLS.clear()
     module.ATTEMPTS.clear()
     module.FAILURES = 2
@@ -489,11 +486,7 @@ def test_thread_count_reads_the_workers_setting_and_names_it_when_wrong():
 
 @pytest.fixture
 def gate() -> Any:
-    sys.path.insert(0, str(APP))
-    try:
-        module = importlib.import_module("ehx_gate")
-    finally:
-        sys.path.remove(str(APP))
+    module = _app_module("ehx_gate")
     module.CALLS.clear()
     module.OTHERS.clear()
     module.ZERO_STARTED.clear()

@@ -6,7 +6,7 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -207,60 +207,57 @@ def test_score_module_imports_without_the_inference_server() -> None:
     assert callable(score.run)
 
 
-def test_run_bad_request_is_an_aml_response_under_the_inference_server(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class FakeAMLResponse:
+    """The inference server's AMLResponse, recording what the script built."""
+
+    calls: ClassVar[list[tuple[object, int, dict | None, bool]]] = []
+
+    def __init__(
+        self,
+        message: object,
+        status_code: int,
+        response_headers: dict | None = None,
+        json_str: bool = False,
+    ) -> None:
+        self.calls.append((message, status_code, response_headers, json_str))
+
+
+@pytest.fixture
+def under_inference_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Make `azureml.contrib.services.aml_response` importable, as it is under azmlinfsrv."""
     import sys
     import types
 
-    calls = []
-
-    class AMLResponse:
-        def __init__(
-            self,
-            message: object,
-            status_code: int,
-            response_headers: dict | None = None,
-            json_str: bool = False,
-        ) -> None:
-            calls.append((message, status_code, json_str))
-
     module = types.ModuleType("azureml.contrib.services.aml_response")
-    module.AMLResponse = AMLResponse  # type: ignore[attr-defined]
+    module.AMLResponse = FakeAMLResponse  # type: ignore[attr-defined]
     for name in ("azureml", "azureml.contrib", "azureml.contrib.services"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "azureml.contrib.services.aml_response", module)
+    FakeAMLResponse.calls = []
+    return FakeAMLResponse.calls
+
+
+def test_run_bad_request_is_an_aml_response_under_the_inference_server(
+    under_inference_server: list[tuple],
+) -> None:
     out = run(json.dumps({"contract": 1}))
-    assert isinstance(out, AMLResponse)
-    assert calls == [({"error": "must be an array", "field": "devices"}, 400, True)]
+    assert isinstance(out, FakeAMLResponse)
+    error = {"error": "must be an array", "field": "devices"}
+    assert under_inference_server == [(error, 400, None, True)]
 
 
 def test_run_answer_is_serialized_by_the_script_under_the_inference_server(
-    monkeypatch: pytest.MonkeyPatch,
+    under_inference_server: list[tuple], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The server's own json.dumps of a returned dict costs ~15x orjson's: run() hands it bytes.
     import sys
-    import types
 
-    calls = []
-
-    class AMLResponse:
-        def __init__(
-            self, message: object, status_code: int, response_headers: dict | None = None
-        ) -> None:
-            calls.append((message, status_code, response_headers))
-
-    module = types.ModuleType("azureml.contrib.services.aml_response")
-    module.AMLResponse = AMLResponse  # type: ignore[attr-defined]
-    for name in ("azureml", "azureml.contrib", "azureml.contrib.services"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "azureml.contrib.services.aml_response", module)
     init()
     raw = request(fleet_readings(2, 5))
     out = run(raw)
-    assert isinstance(out, AMLResponse)
-    [(body, status, headers)] = calls
-    assert (status, headers) == (200, {"Content-Type": "application/json"})
+    assert isinstance(out, FakeAMLResponse)
+    [(body, status, headers, json_str)] = under_inference_server
+    assert (status, headers, json_str) == (200, {"Content-Type": "application/json"}, False)
     assert isinstance(body, bytes)
     monkeypatch.delitem(sys.modules, "azureml.contrib.services.aml_response")
     assert json.loads(body) == run(raw)  # the same answer as the dict run() returns elsewhere
