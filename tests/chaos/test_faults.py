@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import requests
@@ -18,26 +18,18 @@ from requests.adapters import HTTPAdapter
 from local.chaos.faults import FaultProxy
 from shared.errors import PermanentError, TransientError
 from shared.scoring import AmlClient
+from tests.support.http_server import QuietHandler
 
 
-class _Upstream(BaseHTTPRequestHandler):
+class _Upstream(QuietHandler):
     """POST /score echoes what it saw; GET / is healthy; anything else is 404."""
 
     protocol_version = "HTTP/1.1"
     timeout = 5
     disable_nagle_algorithm = True
 
-    def log_message(self, format, *args):
-        pass
-
     def _send(self, status, doc):
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("x-ms-request-id", "req-1")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, doc, {"x-ms-request-id": "req-1"})
 
     def do_GET(self):
         if self.path == "/":

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -14,6 +13,7 @@ import pytest
 from dashboard.limits import Limits
 from dashboard.server import DashboardServer
 from dashboard.store import RowStore
+from tests.support.http_server import QuietHandler
 
 KEY = "test-key-1"
 Factory = Callable[..., DashboardServer]
@@ -79,21 +79,13 @@ class QueryStandin:
 def query_api() -> Iterator[QueryStandin]:
     standin: QueryStandin
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             standin.requests.append((parts.path, params, self.headers.get("x-functions-key")))
             status, doc = standin.answer(parts.path, params)
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            self.reply(status, doc)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     standin = QueryStandin(f"http://127.0.0.1:{server.server_address[1]}/api")

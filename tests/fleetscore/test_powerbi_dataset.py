@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 import requests
@@ -22,7 +21,7 @@ from fleetscore.powerbi_dataset import (
 from shared.powerbi import DATASET_TABLES, PowerBISink, PushTarget
 from shared.predictions import Prediction
 from tests.dashboard.conftest import KEY
-from tests.support.http_server import serving
+from tests.support.http_server import QuietHandler, serving
 
 WS = "0f4c2a1e-9b7d-4e35-8a61-2c3d4e5f6a7b"
 CREATE = ["powerbi", "create-dataset"]
@@ -168,20 +167,11 @@ def test_an_unknown_workspace_is_a_404_naming_the_workspace(make_dashboard, caps
 def test_a_401_from_power_bi_says_what_was_refused_and_why(capsys):
     seen: list[str | None] = []
 
-    class Unauthorized(BaseHTTPRequestHandler):
+    class Unauthorized(QuietHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization"))
-            body = json.dumps(
-                {"error": {"code": "PowerBINotAuthorizedException", "message": "no access"}}
-            ).encode()
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            error = {"code": "PowerBINotAuthorizedException", "message": "no access"}
+            self.reply(401, {"error": error})
 
     with serving(Unauthorized) as port:
         url = f"http://127.0.0.1:{port}"

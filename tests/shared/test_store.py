@@ -11,7 +11,6 @@ import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
@@ -22,7 +21,7 @@ from shared.errors import ConfigError, PermanentError, TransientError
 from shared.predictions import Prediction
 from shared.store import InMemoryTableStore, PredictionPage, TableStore
 from tests.support.azurite import connection_string
-from tests.support.http_server import serving
+from tests.support.http_server import QuietHandler, serving
 
 # Registers the Azurite fixtures when the root conftest does not import them yet; a conftest
 # import, once there, takes precedence and the session still starts one Azurite.
@@ -532,7 +531,7 @@ def test_table_store_unreachable_service_is_a_transient_error_within_seconds():
     assert time.monotonic() - began < 5
 
 
-class _Canned(BaseHTTPRequestHandler):
+class _Canned(QuietHandler):
     status = 503
     headers_out: ClassVar[dict[str, str]] = {}
 
@@ -540,18 +539,9 @@ class _Canned(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         body = b'{"odata.error":{"code":"ServerBusy","message":{"value":"busy"}}}'
-        self.send_response(self.status)
-        for name, value in self.headers_out.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(self.status, body, self.headers_out)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture

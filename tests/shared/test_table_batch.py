@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
@@ -22,7 +21,7 @@ from shared.predictions import Prediction
 from shared.store import TableStore, _mapped
 from shared.table_batch import _all_succeeded, encode_upserts, upsert_transaction
 from tests.support.azurite import connection_string
-from tests.support.http_server import serving
+from tests.support.http_server import QuietHandler, serving
 
 T0 = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
 # Nothing listens on port 9: requests are captured before they would leave the process.
@@ -387,7 +386,7 @@ def batch_response(*parts: str) -> tuple[int, dict[str, str], bytes]:
     return 202, {"Content-Type": "multipart/mixed; boundary=batchresponse_b"}, body.encode()
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(QuietHandler):
     """Answers `$batch` with `batch`, creates tables with 204, and counts the batches."""
 
     batch: ClassVar[tuple[int, dict[str, str], bytes]] = (503, {}, b"")
@@ -400,15 +399,7 @@ class _StandIn(BaseHTTPRequestHandler):
             status, headers, answer = self.batch
         else:
             status, headers, answer = 204, {}, b""
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(status, answer, headers, content_type=None)
 
 
 @pytest.fixture
