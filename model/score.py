@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -156,6 +156,71 @@ def _check_metrics(metrics: Mapping[Any, Any], at: str) -> bool:
 
 _DICT = frozenset((dict,))
 _STR = frozenset((str,))
+_LIST = frozenset((list,))
+
+
+def _uniform_request(
+    devices: list[Any], cache: dict[str, int]
+) -> list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] | None:
+    """Every device's :func:`_device_arrays`, in one pass over all readings of the request.
+
+    For the usual request: every device an object with a non-empty string id and a list of
+    readings, each device's readings of the shape :func:`_uniform_arrays` takes. Their values
+    go into one array and their times into another, and each device gets views of its rows:
+    two numpy conversions per request instead of two per device. None for anything else (the
+    per-device path then finds the first problem, in request order, and names it).
+    """
+    if not _DICT.issuperset(map(type, devices)):
+        return None
+    ids = [device.get("device_id") for device in devices]
+    per_device = [device.get("readings") for device in devices]
+    if (
+        not _STR.issuperset(map(type, ids))
+        or "" in ids
+        or not _LIST.issuperset(map(type, per_device))
+    ):
+        return None
+    readings = list(chain.from_iterable(per_device))
+    if not _DICT.issuperset(map(type, readings)):
+        return None
+    stamps = [r.get("timestamp") for r in readings]
+    metrics = [r.get("metrics") for r in readings]
+    if not _STR.issuperset(map(type, stamps)) or not _DICT.issuperset(map(type, metrics)):
+        return None
+    keys = list(map(tuple, metrics))
+    lens = list(map(len, per_device))
+    ends = list(accumulate(lens))
+    if len(set(keys)) != 1:
+        # Devices of different kinds: each device's readings must still share one key tuple.
+        for e, n in zip(ends, lens, strict=True):
+            if n and keys[e - n : e].count(keys[e - n]) != n:
+                return None
+    values = list(chain.from_iterable(map(dict.values, metrics)))
+    if not _NUMBER.issuperset(map(type, values)):
+        return None
+    times = list(map(cache.get, stamps))
+    if None in times:
+        try:
+            times = [
+                _parse_ms(s, "", cache) if ms is None else ms
+                for s, ms in zip(stamps, times, strict=True)
+            ]
+        except RequestError:
+            return None
+    t_all = np.array(times, dtype=np.int64)
+    x_all = np.array(values, dtype=float)
+    out: list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] = []
+    v = 0
+    for device_id, e, n in zip(ids, ends, lens, strict=True):
+        if not n:
+            out.append((device_id, [], np.zeros(0, dtype=np.int64), np.zeros((0, 0)), []))
+            continue
+        names = list(keys[e - 1])
+        k = len(names)
+        s = e - n
+        out.append((device_id, names, t_all[s:e], x_all[v : v + n * k].reshape(n, k), stamps[s:e]))
+        v += n * k
+    return out
 
 
 def _uniform_arrays(
@@ -306,16 +371,20 @@ def score_request(request: object, config: DetectorConfig | None = None) -> dict
     if not isinstance(devices, list):
         raise RequestError("devices", "must be an array")
     cache: dict[str, int] = {}
-    parsed: list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] = []
-    for d, device in enumerate(devices):
-        where = f"devices[{d}]"
-        if not isinstance(device, Mapping):
-            raise RequestError(where, "must be an object")
-        device_id = device.get("device_id")
-        if not isinstance(device_id, str) or not device_id:
-            raise RequestError(f"{where}.device_id", "must be a non-empty string")
-        names, t_ms, x, stamps = _device_arrays(device.get("readings"), f"{where}.readings", cache)
-        parsed.append((device_id, names, t_ms, x, stamps))
+    parsed = _uniform_request(devices, cache)
+    if parsed is None:  # something unusual: find it, device by device
+        parsed = []
+        for d, device in enumerate(devices):
+            where = f"devices[{d}]"
+            if not isinstance(device, Mapping):
+                raise RequestError(where, "must be an object")
+            device_id = device.get("device_id")
+            if not isinstance(device_id, str) or not device_id:
+                raise RequestError(f"{where}.device_id", "must be a non-empty string")
+            names, t_ms, x, stamps = _device_arrays(
+                device.get("readings"), f"{where}.readings", cache
+            )
+            parsed.append((device_id, names, t_ms, x, stamps))
     raw_states = [device.get("state") for device in devices]
     states = load_states(raw_states)
     for d, (raw_state, state) in enumerate(zip(raw_states, states, strict=True)):

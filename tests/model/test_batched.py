@@ -880,6 +880,65 @@ def test_device_arrays_equal_the_general_parser(case: str) -> None:
     assert stamps == want[1][3]
 
 
+def mixed_request(seed: int, *, shared_stamps: bool) -> dict[str, Any]:
+    """Devices of three kinds (warm, fresh, foreign states), some without readings."""
+    rng = np.random.default_rng(seed)
+    kinds = (
+        ["rpm", "temp", "flow", "amps"],
+        ["a", "b"],
+        [f"m{i}" for i in range(MAX_FULL_COV + 1)],
+    )
+    warm = {}
+    for j, names in enumerate(kinds):
+        t = np.arange(300, dtype=np.int64) * 240_000
+        state, _ = score_device(None, names, t, rng.normal(size=(300, len(names))), SHORT)
+        warm[j] = dump_state(state)
+    start = datetime.fromtimestamp(300 * 240, UTC)
+    devices = []
+    for d in range(40):
+        kind = int(rng.integers(len(kinds)))
+        n = int(rng.choice([0, 1, 3, 10, 10]))
+        offset = 0 if shared_stamps else int(rng.integers(0, 600))
+        readings = [
+            {
+                "timestamp": (start + timedelta(seconds=offset + 10 * i)).isoformat(),
+                "metrics": {
+                    m: int(rng.integers(0, 9)) if rng.random() < 0.1 else float(rng.normal())
+                    for m in kinds[kind]
+                },
+            }
+            for i in range(n)
+        ]
+        state = [warm[kind], None, {"v": 99}, warm[(kind + 1) % len(kinds)]][int(rng.integers(4))]
+        devices.append({"device_id": f"d{d}", "state": state, "readings": readings})
+    return json.loads(json.dumps({"contract": CONTRACT, "devices": devices}))
+
+
+@pytest.mark.parametrize("shared_stamps", [True, False], ids=["shared-stamps", "own-stamps"])
+@pytest.mark.parametrize("seed", range(3))
+def test_uniform_request_equals_the_per_device_parser(
+    seed: int, shared_stamps: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = mixed_request(seed, shared_stamps=shared_stamps)
+    assert score._uniform_request(request["devices"], {}) is not None  # the fast path applies
+    got = score_request(request, SHORT)
+    monkeypatch.setattr(score, "_uniform_request", lambda devices, cache: None)
+    want = score_request(request, SHORT)
+    assert json.dumps(got) == json.dumps(want)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not-an-object", "bad-time", "metrics-not-an-object", "bool", "null", "reordered"],
+)
+def test_uniform_request_leaves_odd_devices_to_the_per_device_parser(case: str) -> None:
+    request = mixed_request(0, shared_stamps=False)
+    request["devices"].insert(1, {"device_id": "odd", "readings": readings_case(case)})
+    assert score._uniform_request(request["devices"], {}) is None
+    for device in ({}, {"device_id": ""}, {"device_id": "x", "readings": {}}):
+        assert score._uniform_request([*request["devices"][:1], device], {}) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The failure predictor in the response.
 # ---------------------------------------------------------------------------------------------
