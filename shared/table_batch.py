@@ -8,11 +8,16 @@ templates (one `json.dumps` per entity) and sends them through the client's own 
 authentication (SharedKey or a TokenCredential), retries, logging and the transport stay the
 SDK's.
 
+A transaction may end with one *guarded* operation: an entity created only if its row is
+missing, or replaced only if its row still has a given ETag (a device's state, which then commits
+atomically with its predictions). Its new ETag is read from the answer.
+
 Only success is read here: a 202 whose parts all answer 2xx. Anything else is answered by
 sending the same operations again through the SDK (`submit_transaction`, or `upsert_entity` for a
-single entity), so errors are the SDK's exceptions, raised by the SDK's own code. Upserts replace
-whole entities, so sending one twice leaves the same rows. Connection errors from the pipeline
-propagate as the SDK raised them.
+single upsert), so errors are the SDK's exceptions, raised by the SDK's own code. Upserts replace
+whole entities, so sending one twice leaves the same rows; a guarded operation that did commit
+the first time is refused the second time, which the caller reads as "changed since read".
+Connection errors from the pipeline propagate as the SDK raised them.
 
 The body equals the SDK's byte for byte, boundaries and dates aside
 (`tests/shared/test_table_batch.py` holds the two side by side).
@@ -26,16 +31,18 @@ import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from urllib.parse import quote
 from wsgiref.handlers import format_date_time
 
+from azure.core import MatchConditions
 from azure.core.rest import HttpRequest
 from azure.data.tables import EdmType, TableClient, UpdateMode
 from azure.data.tables._serialize import _add_entity_properties
 
-__all__ = ["encode_upserts", "upsert_transaction"]
+__all__ = ["Guarded", "encode_upserts", "upsert_transaction", "write_transaction"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,18 @@ _STRING, _DOUBLE, _INT64 = "Edm.String", "Edm.Double", "Edm.Int64"
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch  # what `quote` leaves alone
 _NAMES: dict[str, tuple[str, str, str, str]] = {}  # property name -> its JSON prefixes
 _MAX_NAMES = 4096
+_ETAG = re.compile(rb"\nETag: ([^\r\n]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """An entity written only over the row that was read.
+
+    Created if `etag` is None, else replaced only while the row still has `etag` (`If-Match`).
+    """
+
+    entity: Mapping[str, Any]
+    etag: str | None
 
 
 def _sdk_properties(name: str, value: Any) -> dict[str, Any]:
@@ -173,19 +192,22 @@ def encode_upserts(
     date: str | None = None,
     batch_id: str | None = None,
     changeset_id: str | None = None,
+    guarded: Guarded | None = None,
 ) -> tuple[str, bytes]:
     """Encode InsertOrReplace operations as one `$batch` body; return (Content-Type, body).
 
     The body is what `submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}), ...])`
-    sends for the same entities.
+    sends for the same entities (followed by `_sdk_operations`' create or conditional update
+    for `guarded`).
 
     Args:
-        entities: at least one entity, all with the same PartitionKey.
+        entities: at least one entity (or none, with `guarded`), all with one PartitionKey.
         table_url: `<scheme>://<host>[/<account>]/<table>`, the prefix of each operation's URL.
         version: the service version (`x-ms-version`) of each operation.
         date: the HTTP date of each operation's `Date` headers; now by default.
         batch_id: the batch boundary's UUID; random by default.
         changeset_id: the changeset boundary's UUID; random by default.
+        guarded: a last operation, conditional on its row (same PartitionKey).
 
     Raises:
         ValueError: no entities, a missing key, or more than one PartitionKey (as the SDK).
@@ -205,12 +227,13 @@ def encode_upserts(
         >>> body.splitlines()[8]
         b"PUT http://127.0.0.1:10002/devstoreaccount1/T(PartitionKey='a',RowKey='1') HTTP/1.1"
     """
-    if not entities:
+    operations = [*entities, guarded.entity] if guarded is not None else list(entities)
+    if not operations:
         raise ValueError("a transaction needs at least one operation")
     batch = f"batch_{batch_id or uuid.uuid4()}"
     changeset = f"changeset_{changeset_id or uuid.uuid4()}"
     date = date or format_date_time(None)
-    first = entities[0]
+    first = operations[0]
     if "PartitionKey" not in first or "RowKey" not in first:
         raise ValueError("PartitionKey and/or RowKey were not provided in entity")
     partition_key = first["PartitionKey"]
@@ -225,16 +248,62 @@ def encode_upserts(
         "Content-ID: "
     )
     out = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"]
-    for index, entity in enumerate(entities):
+    for index, entity in enumerate(operations):
         if "PartitionKey" not in entity or "RowKey" not in entity:
             raise ValueError("PartitionKey and/or RowKey were not provided in entity")
         if entity["PartitionKey"] != partition_key:
             raise ValueError("Partition Keys in the batch must all be the same.")
         row_key = _key(entity, "RowKey")
         text = _entity_json(entity)  # ASCII: the SDK's default json.dumps escapes the rest
+        if guarded is not None and index == len(entities):
+            out.append(f"{part}{index}\r\n\r\n{_guarded_head(guarded, table_url, url, row_key)}")
+            out.append(f"Content-Length: {len(text)}{_guarded_headers(guarded, headers)}{text}\r\n")
+            continue
         out.append(f"{part}{index}\r\n\r\nPUT {url}{row_key}{length}{len(text)}{headers}{text}\r\n")
     out.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
     return f"multipart/mixed; boundary={batch}", "".join(out).encode("ascii")
+
+
+def _guarded_head(guarded: Guarded, table_url: str, url: str, row_key: str) -> str:
+    """The request line and Content-Type of a create (POST to the table) or a replace."""
+    if guarded.etag is None:
+        return f"POST {table_url} HTTP/1.1\r\nContent-Type: application/json\r\n"
+    return f"PUT {url}{row_key}') HTTP/1.1\r\nContent-Type: application/json\r\n"
+
+
+def _guarded_headers(guarded: Guarded, headers: str) -> str:
+    """The upsert's headers, as the SDK writes them for a create or an If-Match replace."""
+    if guarded.etag is None:
+        return headers.replace(
+            "Accept: application/json\r\n", "Accept: application/json;odata=minimalmetadata\r\n"
+        )
+    if "\r" in guarded.etag or "\n" in guarded.etag:
+        raise ValueError("an ETag cannot hold a line break")
+    return headers.replace(
+        "Accept: application/json\r\n", f"Accept: application/json\r\nIf-Match: {guarded.etag}\r\n"
+    )
+
+
+def _sdk_operations(
+    entities: Sequence[Mapping[str, Any]], guarded: Guarded | None
+) -> list[tuple[Any, ...]]:
+    """The same transaction as `submit_transaction` operations."""
+    ops: list[tuple[Any, ...]] = [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities]
+    if guarded is not None and guarded.etag is None:
+        ops.append(("create", guarded.entity))
+    elif guarded is not None:
+        ops.append(
+            (
+                "update",
+                guarded.entity,
+                {
+                    "mode": UpdateMode.REPLACE,
+                    "etag": guarded.etag,
+                    "match_condition": MatchConditions.IfNotModified,
+                },
+            )
+        )
+    return ops
 
 
 def _all_succeeded(body: bytes, operations: int) -> bool:
@@ -245,11 +314,30 @@ def _all_succeeded(body: bytes, operations: int) -> bool:
 def upsert_transaction(client: TableClient, entities: Sequence[Mapping[str, Any]]) -> None:
     """Insert or replace `entities` (one PartitionKey, ≤ 100, ≤ 4 MiB) in one transaction.
 
-    The transaction goes through `client`'s own pipeline. When the service does not answer a
-    202 with every operation 2xx, the same operations are sent again through the SDK
-    (`submit_transaction`, or `upsert_entity` for one entity): upserts are idempotent, and
-    whatever the service answers then is raised as the SDK's own exception
-    (`TableTransactionError`, `HttpResponseError`, ...), exactly as without this module.
+    See `write_transaction`.
+    """
+    if entities:
+        write_transaction(client, entities)
+
+
+def write_transaction(
+    client: TableClient,
+    entities: Sequence[Mapping[str, Any]],
+    guarded: Guarded | None = None,
+) -> str | None:
+    """Insert or replace `entities`, then write `guarded`, all or nothing, in one transaction.
+
+    One PartitionKey, ≤ 100 operations and ≤ 4 MiB in all. The transaction goes through
+    `client`'s own pipeline. When the service does not answer a 202 with every operation 2xx,
+    the same operations are sent again through the SDK (`submit_transaction`, or
+    `upsert_entity` for a lone upsert), and whatever the service answers then is raised as the
+    SDK's own exception (`TableTransactionError`, `HttpResponseError`, ...), exactly as
+    without this module. A guarded row changed since it was read is the SDK's
+    `TableTransactionError` with `error_code` `UpdateConditionNotSatisfied` (replace),
+    `EntityAlreadyExists` (create) or `ResourceNotFound` (replace of a deleted row).
+
+    Returns:
+        The guarded row's new ETag; None without `guarded`, or if the answer did not carry it.
 
     Raises:
         ValueError: as `encode_upserts`.
@@ -257,13 +345,12 @@ def upsert_transaction(client: TableClient, entities: Sequence[Mapping[str, Any]
         azure.core.exceptions.AzureError: what the SDK raises for the refused operations, or a
             connection error from the pipeline.
     """
-    if not entities:
-        return
     account_url = f"{client.scheme}://{client._primary_hostname}"  # as `_batch_send` builds it
     content_type, body = encode_upserts(
         entities,
         table_url=f"{account_url}/{quote(client.table_name, safe='')}",
         version=client.api_version,
+        guarded=guarded,
     )
     request = HttpRequest(
         "POST",
@@ -282,15 +369,22 @@ def upsert_transaction(client: TableClient, entities: Sequence[Mapping[str, Any]
         answer = response.read()
     finally:
         response.close()
-    if response.status_code == 202 and _all_succeeded(answer, len(entities)):
-        return
+    operations = len(entities) + (guarded is not None)
+    if response.status_code == 202 and _all_succeeded(answer, operations):
+        if guarded is None:
+            return None
+        tags = _ETAG.findall(answer)
+        return tags[-1].decode("ascii", "replace").strip() if len(tags) == operations else None
     log.debug(
         "table %s answered a %d-operation transaction with %d; resending through the SDK",
         client.table_name,
-        len(entities),
+        operations,
         response.status_code,
     )
-    if len(entities) == 1:
+    if guarded is None and len(entities) == 1:
         client.upsert_entity(entities[0], mode=UpdateMode.REPLACE)
-    else:
-        client.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities])
+        return None
+    results = client.submit_transaction(_sdk_operations(entities, guarded))
+    if guarded is None:
+        return None
+    return str(results[-1].get("etag")) if results and results[-1].get("etag") else None

@@ -12,14 +12,27 @@ from typing import Any, ClassVar
 import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
-from azure.data.tables import EdmType, TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import (
+    EdmType,
+    TableClient,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
 
 from shared._entities import _letter_entity, _prediction_entity, _state_entity
 from shared.deadletters import DeadLetter
 from shared.errors import PermanentError, TransientError
 from shared.predictions import Prediction
 from shared.store import TableStore, _mapped
-from shared.table_batch import _all_succeeded, encode_upserts, upsert_transaction
+from shared.table_batch import (
+    Guarded,
+    _all_succeeded,
+    _sdk_operations,
+    encode_upserts,
+    upsert_transaction,
+    write_transaction,
+)
 from tests.support.azurite import connection_string
 from tests.support.http_server import QuietHandler, serving
 
@@ -269,6 +282,28 @@ def test_all_succeeded_needs_one_2xx_status_line_per_operation():
     assert not _all_succeeded(b"", 1)
 
 
+ETAG = "W/\"datetime'2026-11-27T20%3A56%3A27.6754617Z'\""
+
+
+@pytest.mark.parametrize("etag", [None, ETAG], ids=["create", "if-match"])
+@pytest.mark.parametrize("upserts", [0, 1, 99])
+def test_write_transaction_sends_the_sdks_bytes_for_a_guarded_state(etag, upserts):
+    entities = [
+        _prediction_entity(prediction("d é'", i), "d é'", f"2026{i:04d}") for i in range(upserts)
+    ]
+    guarded = Guarded(_state_entity("d é'", {"seen": 3, "name": "ü"}, "m-1", T0), etag)
+    sdk = captured_request(lambda c: c.submit_transaction(_sdk_operations(entities, guarded)))
+    lean = captured_request(lambda c: write_transaction(c, entities, guarded))
+    assert normalised(*lean) == normalised(*sdk)
+    assert (b"If-Match: " + ETAG.encode() in lean[1]) is (etag is not None)
+
+
+def test_write_transaction_refuses_an_etag_that_would_break_the_body():
+    guarded = Guarded({"PartitionKey": "a", "RowKey": "state"}, 'W/"x"\r\nX-Evil: 1')
+    with pytest.raises(ValueError, match="line break"):
+        captured_request(lambda c: write_transaction(c, [], guarded))
+
+
 # --- against Azurite -----------------------------------------------------------------------
 
 
@@ -449,3 +484,25 @@ def test_table_store_batch_with_a_missing_part_is_resent_through_the_sdk(standin
     with standin_store(standin) as store:
         store.upsert_predictions([prediction("a", 0), prediction("a", 1)])
     assert len(standin.batches) == 2
+
+
+@pytest.mark.azurite
+def test_write_transaction_guards_the_state_row_and_returns_its_new_etag(two_tables):
+    client, _ = two_tables
+    state = {"PartitionKey": "a", "RowKey": "state", "s": "one"}
+    tag = write_transaction(client, [{"PartitionKey": "a", "RowKey": "1"}], Guarded(state, None))
+    assert tag == client.get_entity("a", "state").metadata["etag"]
+    with pytest.raises(TableTransactionError) as exists:
+        write_transaction(client, [{"PartitionKey": "a", "RowKey": "2"}], Guarded(state, None))
+    assert exists.value.error_code == "EntityAlreadyExists"
+    newer = write_transaction(
+        client, [{"PartitionKey": "a", "RowKey": "3"}], Guarded({**state, "s": "two"}, tag)
+    )
+    assert newer not in (None, tag)
+    with pytest.raises(TableTransactionError) as stale:
+        write_transaction(
+            client, [{"PartitionKey": "a", "RowKey": "4"}], Guarded({**state, "s": "old"}, tag)
+        )
+    assert stale.value.error_code == "UpdateConditionNotSatisfied"
+    rows = {row["RowKey"]: row.get("s") for row in client.list_entities()}
+    assert rows == {"1": None, "3": None, "state": "two"}  # 2 and 4 fell with their guard
