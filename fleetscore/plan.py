@@ -427,8 +427,11 @@ def make_plan(
         h,
         (
             ("Anomalies (PartitionKey = day)", anomalies, lim["table_partition"]),
-            ("Predictions (PartitionKey = device)", per_device, lim["table_partition"]),
-            ("DeviceState (PartitionKey = device)", per_device / k, lim["table_partition"]),
+            (
+                "Predictions + state row (PartitionKey = device)",
+                per_device * (1 + 1 / k),
+                lim["table_partition"],
+            ),
         ),
     )
     standard = partitions.units <= (partitions.cap or 0) and tus.units <= (tus.cap or 0)

@@ -119,7 +119,6 @@ var deploymentContainerName = 'app-package'
 var contentShareName = toLower(functionAppName)
 var tableNames = [
   'Predictions'
-  'DeviceState'
   'Anomalies'
   'DeadLetters'
 ]

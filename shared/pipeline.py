@@ -1,10 +1,12 @@
 """The scoring use case: a batch of events in, predictions stored, dead letters kept, sinks fed.
 
-Write order is what makes redelivery harmless: predictions (idempotent upserts keyed by
-reading), then dead letters (keyed by origin event and payload), and the device states last,
-conditional on the ETags they were read with. If anything transient fails before the states
-are written the invocation raises, the batch comes again, and it is scored again from the same
-states into the same rows.
+Write order is what makes redelivery harmless: dead letters (keyed by origin event and
+payload) and the anomaly index first, then each device's predictions (idempotent upserts keyed
+by reading) in one transaction with its next state, conditional on the ETag the state was read
+with. If anything transient fails before a device's transaction lands the invocation raises,
+the batch comes again, and that device is scored again from the same state into the same rows.
+A device whose state changed under this worker (its partition moved and came back) is scored
+again from what is stored, on its own.
 
 Only transient failures (and a misconfigured endpoint) may fail the invocation: the trigger's
 retry policy redelivers forever, so anything that would fail again the same way (a row the
@@ -29,7 +31,7 @@ from .events import IncomingEvent, decode_event
 from .microbatch import MicroBatcher, ScoreOutcome
 from .predictions import DeviceResult, Prediction
 from .readings import Reading
-from .states import StateCache, StateStore
+from .states import DeviceWrite, StateCache, StateStore, Written
 from .telemetry import Metrics, batch_fields
 
 __all__ = ["BatchReport", "PredictionSink", "ScoreStore", "ScoringPipeline"]
@@ -40,8 +42,10 @@ log = logging.getLogger(__name__)
 class ScoreStore(StateStore, Protocol):
     """The writes the pipeline needs from the table store."""
 
-    def upsert_predictions(self, predictions: Sequence[Prediction]) -> None:
-        """Store predictions idempotently."""
+    def write_devices(
+        self, writes: Sequence[DeviceWrite], *, model_version: str, now: datetime
+    ) -> Written:
+        """Store each device's predictions with its next state, the state only over the row read."""
         ...
 
     def upsert_anomalies(self, predictions: Sequence[Prediction]) -> None:
@@ -158,13 +162,23 @@ class ScoringPipeline:
         report.readings = sum(len(r) for r in devices.values())
 
         timings = report.timings_ms
-        try:
-            predictions, letters, requests = self._score_and_store(devices, origins, now, timings)
-        except ConflictError:
-            # Another worker wrote some of these states since we cached them: score again
-            # from what is stored now (the cache forgot those devices).
-            log.warning("device states changed under this worker; scoring the batch again")
-            predictions, letters, requests = self._score_and_store(devices, origins, now, timings)
+        predictions, letters, requests, conflicts = self._score_and_store(
+            devices, origins, now, timings
+        )
+        if conflicts:
+            # Another worker wrote these states since we cached them: nothing of theirs was
+            # stored, so score them again from what is stored now (the cache forgot them).
+            log.warning(
+                "state of %d devices changed under this worker; scoring them again", len(conflicts)
+            )
+            again = self._score_and_store({d: devices[d] for d in conflicts}, origins, now, timings)
+            if again[3]:
+                raise ConflictError(
+                    f"state of {len(again[3])} devices changed twice during one batch"
+                )
+            predictions += again[0]
+            letters += again[1]
+            requests += again[2]
         if event_letters:
             self._dead_letter(event_letters)
         letters = event_letters + letters
@@ -208,7 +222,8 @@ class ScoringPipeline:
         origins: dict[int, _Origin],
         now: datetime,
         timings: dict[str, float],
-    ) -> tuple[list[Prediction], list[DeadLetter], int]:
+    ) -> tuple[list[Prediction], list[DeadLetter], int, list[str]]:
+        """Score and store; return predictions stored, dead letters, requests, conflicts."""
         with _timed(timings, "states_read"):
             snapshot = self.states.get_many(list(devices))
         with _timed(timings, "score"):
@@ -218,47 +233,43 @@ class ScoringPipeline:
             letters += self._letters(
                 rejection.device_id, rejection.readings, rejection.reason, "model", origins, now
             )
-        rejected = {id(r) for rejection in outcome.rejected for r in rejection.readings}
-        with _timed(timings, "predictions_write"):
-            refused = self._store_predictions(outcome)
-        for device_id, reason in refused.items():
-            del outcome.results[device_id]
-            scored = [r for r in devices[device_id] if id(r) not in rejected]
-            letters += self._letters(device_id, scored, reason, "store", origins, now)
-        predictions = [p for result in outcome.results.values() for p in result.predictions]
-        with _timed(timings, "anomalies_write"):
-            self._index_anomalies(outcome.results)
         if letters:
             self._dead_letter(letters)
-        if outcome.results:
-            with _timed(timings, "states_write"):
-                self.states.put_many(
-                    {d: r.state for d, r in outcome.results.items()},
-                    snapshot,
-                    model_version=outcome.model_version or "unknown",
-                    now=now,
-                )
-        return predictions, letters, outcome.requests
+        with _timed(timings, "anomalies_write"):
+            self._index_anomalies(outcome.results)
+        with _timed(timings, "predictions_write"):
+            written = self._store(outcome, snapshot.etags, now)
+        self.states.forget(written.conflicts)
+        if written.error is not None:
+            raise written.error  # the batch comes again; what did land is remembered
+        rejected = {id(r) for rejection in outcome.rejected for r in rejection.readings}
+        refused: list[DeadLetter] = []
+        for device_id, reason in written.refused.items():
+            scored = [r for r in devices[device_id] if id(r) not in rejected]
+            refused += self._letters(device_id, scored, reason, "store", origins, now)
+        if refused:
+            self._dead_letter(refused)
+        predictions = [p for d in written.etags for p in outcome.results[d].predictions]
+        return predictions, letters + refused, outcome.requests, written.conflicts
 
-    def _store_predictions(self, outcome: ScoreOutcome) -> dict[str, str]:
-        """Upsert every prediction; if the service refuses the lot, find the devices it refuses."""
-        predictions = [p for result in outcome.results.values() for p in result.predictions]
-        if not predictions:
-            return {}
-        try:
-            self.store.upsert_predictions(predictions)
-            return {}
-        except PermanentError:
+    def _store(self, outcome: ScoreOutcome, etags: dict[str, str | None], now: datetime) -> Written:
+        """Write each device's predictions with its next state; remember the states stored."""
+        if not outcome.results:
+            return Written()
+        writes = [
+            DeviceWrite(device_id, result.predictions, result.state, etags.get(device_id))
+            for device_id, result in outcome.results.items()
+        ]
+        written = self.store.write_devices(
+            writes, model_version=outcome.model_version or "unknown", now=now
+        )
+        self.states.remember({d: outcome.results[d].state for d in written.etags}, written.etags)
+        if written.refused:
             log.warning(
-                "table service refused a write of %d predictions; isolating", len(predictions)
+                "table service refused the rows of %d devices; dead-lettering their readings",
+                len(written.refused),
             )
-        refused: dict[str, str] = {}
-        for device_id, result in outcome.results.items():
-            try:
-                self.store.upsert_predictions(result.predictions)
-            except PermanentError as exc:
-                refused[device_id] = f"table service refused the predictions: {exc}"
-        return refused
+        return written
 
     def _index_anomalies(self, results: dict[str, DeviceResult]) -> None:
         """The Anomalies table is an index over Predictions: a refused row is logged, not fatal."""

@@ -1,10 +1,15 @@
-"""Device state between scoring batches: read from `DeviceState`, cached in memory.
+"""Device state between scoring batches: a row beside the device's predictions, cached in memory.
+
+The state row lives in the device's own `Predictions` partition (RowKey `state`), so it is
+written in the same transaction as the predictions it produced: both land, or neither does,
+and it costs one more entity in a request the predictions make anyway, instead of a request
+of its own per device per batch.
 
 A device always lands on the same Event Hubs partition, but the partition can move to another
 host (or another worker process) and back, so a cached state may be stale. Every cached state
-therefore keeps the ETag it was read with, and writes are conditional on it: a write over a
-row someone else changed raises `ConflictError`, the cache forgets those devices, and the
-caller scores again from what is stored. The TTL only bounds memory and staleness of reads.
+therefore keeps the ETag it was read with, and writes are conditional on it: a transaction over
+a state row someone else changed is refused whole, the cache forgets that device, and the
+caller scores it again from what is stored. The TTL only bounds memory and staleness of reads.
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ConflictError
+if TYPE_CHECKING:
+    from .predictions import Prediction
 
-__all__ = ["StateCache", "StateSnapshot", "StateStore"]
+__all__ = ["DeviceWrite", "StateCache", "StateSnapshot", "StateStore", "Written"]
 
 State = dict[str, Any]
 
@@ -32,16 +37,25 @@ class StateStore(Protocol):
         """Return each device's stored state and its ETag (None, None when it has none)."""
         ...
 
-    def replace_states(
-        self,
-        states: Mapping[str, State],
-        etags: Mapping[str, str | None],
-        *,
-        model_version: str,
-        now: datetime,
-    ) -> dict[str, str]:
-        """Write states where the rows are unchanged since read; return new ETags."""
-        ...
+
+@dataclass(frozen=True, slots=True)
+class DeviceWrite:
+    """One device's scored readings: its predictions and its next state, stored together."""
+
+    device_id: str
+    predictions: Sequence[Prediction]
+    state: State
+    etag: str | None  # the ETag the state was read with; None: the device had no state row
+
+
+@dataclass(slots=True)
+class Written:
+    """What a `write_devices` call did, device by device."""
+
+    etags: dict[str, str | None] = field(default_factory=dict)  # stored: the state's new ETag
+    conflicts: list[str] = field(default_factory=list)  # state changed since read: not stored
+    refused: dict[str, str] = field(default_factory=dict)  # refused for good: the reason
+    error: Exception | None = None  # the first transient failure: devices in none of the above
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,35 +106,15 @@ class StateCache:
                     self._remember(device_id, state, etag, now)
         return StateSnapshot(states, etags)
 
-    def put_many(
-        self,
-        states: Mapping[str, State],
-        snapshot: StateSnapshot,
-        *,
-        model_version: str,
-        now: datetime,
-    ) -> None:
-        """Write states back, conditional on the snapshot's ETags.
-
-        Raises:
-            ConflictError: a row changed since the snapshot; those devices are forgotten.
-        """
-        if not states:
-            return
-        try:
-            tags = self._store.replace_states(
-                states,
-                {d: snapshot.etags.get(d) for d in states},
-                model_version=model_version,
-                now=now,
-            )
-        except ConflictError:
-            self.forget(list(states))
-            raise
+    def remember(self, states: Mapping[str, State], etags: Mapping[str, str | None]) -> None:
+        """Keep states just stored; one whose new ETag is unknown is forgotten instead."""
         stamp = self._clock()
         with self._lock:
-            for device_id, state in states.items():
-                self._remember(device_id, state, tags.get(device_id), stamp)
+            for device_id, etag in etags.items():
+                if etag is None:
+                    self._entries.pop(device_id, None)
+                else:
+                    self._remember(device_id, states[device_id], etag, stamp)
 
     def forget(self, device_ids: Sequence[str]) -> None:
         """Drop entries so the next read goes to the store."""

@@ -11,8 +11,9 @@ scan, fan-out), so keys, entity layout, batching, ordering and paging are one co
 
 Layout (see ARCHITECTURE.md "Tables"):
 
-* `Predictions`: PartitionKey = device id, RowKey = `readings.row_key(ts)`.
-* `DeviceState`: PartitionKey = device id, RowKey = `state`; the state as JSON in `state`.
+* `Predictions`: PartitionKey = device id, RowKey = `readings.row_key(ts)`; and one row with
+  RowKey = `state`, the device's state as JSON in `state`, written in the same transaction as
+  the predictions it came with (time-range reads never reach it: digits sort before `s`).
 * `Anomalies`: PartitionKey = `YYYYMMDD`, RowKey = `<row_key(ts)>_<device_id>`.
 * `DeadLetters`: PartitionKey = `YYYYMMDD`, RowKey = `DeadLetter.row_key`.
 
@@ -34,11 +35,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import requests
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -76,7 +74,8 @@ from .errors import ConfigError, ConflictError, PermanentError, TransientError
 from .predictions import Prediction
 from .readings import row_key
 from .retry import parse_retry_after
-from .table_batch import upsert_transaction
+from .states import DeviceWrite, Written
+from .table_batch import Guarded, write_transaction
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -93,14 +92,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-PREDICTIONS, DEVICE_STATE, ANOMALIES, DEAD_LETTERS = (
-    "Predictions",
-    "DeviceState",
-    "Anomalies",
-    "DeadLetters",
-)
-_TABLES = (PREDICTIONS, DEVICE_STATE, ANOMALIES, DEAD_LETTERS)
+PREDICTIONS, ANOMALIES, DEAD_LETTERS = ("Predictions", "Anomalies", "DeadLetters")
+_TABLES = (PREDICTIONS, ANOMALIES, DEAD_LETTERS)
+STATE_ROW = "state"  # the RowKey of a device's state, in its Predictions partition
 _ETAG = "__etag__"  # where a read entity carries its ETag; never a stored property
+# What the service answers a guarded write whose row changed since it was read.
+_CHANGED = frozenset({"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound"})
 
 _FIRST_WINDOW = timedelta(hours=1)
 _MAX_WINDOW = timedelta(days=7)
@@ -118,7 +115,7 @@ class PredictionStore(Protocol):
     """What the pipeline, the query API and the operator CLI need from Table Storage."""
 
     def create_tables(self) -> None:
-        """Create the four tables if missing (idempotent)."""
+        """Create the tables if missing (idempotent)."""
         ...
 
     def get_states(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
@@ -212,11 +209,11 @@ class _StoreBase(ABC):
         self._tables_lock = threading.Lock()
 
     def table_name(self, table: str) -> str:
-        """Return the real name of one of the four tables, with the prefix."""
+        """Return the real name of one of the tables, with the prefix."""
         return f"{self.table_prefix}{table}"
 
     def create_tables(self) -> None:
-        """Create the four tables if missing; safe to call again (the app does at start-up)."""
+        """Create the tables if missing; safe to call again (the app does at start-up)."""
         for table in _TABLES:
             self._create(self.table_name(table))
         self._tables_ready = True
@@ -235,8 +232,8 @@ class _StoreBase(ABC):
         if not ids:
             return {}
         self._ready()
-        table = self.table_name(DEVICE_STATE)
-        found = self._map(lambda d: self._get(table, d, "state"), ids, reads=True)
+        table = self.table_name(PREDICTIONS)
+        found = self._map(lambda d: self._get(table, d, STATE_ROW), ids, reads=True)
         out: dict[str, dict[str, Any] | None] = {}
         for device_id, entity in zip(ids, found, strict=True):
             text = None if entity is None else _join_text(entity, "state")
@@ -248,7 +245,7 @@ class _StoreBase(ABC):
     ) -> None:
         """Replace each device's state; every state is checked before anything is written."""
         entities = [_state_entity(d, s, model_version, now) for d, s in states.items()]
-        self._write(DEVICE_STATE, entities)
+        self._write(PREDICTIONS, entities)
 
     def get_versioned_states(
         self, device_ids: Sequence[str]
@@ -260,8 +257,8 @@ class _StoreBase(ABC):
         if not ids:
             return {}
         self._ready()
-        table = self.table_name(DEVICE_STATE)
-        found = self._map(lambda d: self._get(table, d, "state"), ids, reads=True)
+        table = self.table_name(PREDICTIONS)
+        found = self._map(lambda d: self._get(table, d, STATE_ROW), ids, reads=True)
         out: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
         for device_id, entity in zip(ids, found, strict=True):
             if entity is None:
@@ -271,31 +268,79 @@ class _StoreBase(ABC):
             out[device_id] = (None if text is None else json.loads(text), entity.get(_ETAG))
         return out
 
-    def replace_states(
-        self,
-        states: Mapping[str, dict[str, Any]],
-        etags: Mapping[str, str | None],
-        *,
-        model_version: str,
-        now: datetime,
-    ) -> dict[str, str]:
-        """Write states only where the row is still the one read (optimistic concurrency).
+    def write_devices(
+        self, writes: Sequence[DeviceWrite], *, model_version: str, now: datetime
+    ) -> Written:
+        """Store each device's predictions and its next state, the state only over the row read.
 
-        An ETag of None means "there was no row": the write then only creates. Returns the new
-        ETags.
+        A device's state rides in the transaction of its last predictions, conditional on the
+        ETag it was read with (a create when it had none), so that transaction lands whole or
+        not at all. A device with more than 99 predictions has its other transactions sent
+        first, in a round of their own, so its state never lands before its predictions.
 
-        Raises:
-            ConflictError: another writer changed (or created) a row since it was read.
+        Never raises for one device's sake: each device ends up stored (with its state's new
+        ETag), in conflict (its state changed since read), refused (for good, with the reason)
+        or, after a transient failure, in none of these (`Written.error` is the first one).
         """
-        entities = [_state_entity(d, s, model_version, now) for d, s in states.items()]
-        if not entities:
-            return {}
+        done = Written()
+        plans: list[tuple[str, list[Entity], list[list[Entity]], str | None]] = []
+        for write in writes:
+            try:
+                _check_key(write.device_id, "device_id")
+                entities: list[Entity] = [
+                    _prediction_entity(p, write.device_id, row_key(p.timestamp))
+                    for p in write.predictions
+                ]
+                entities.append(_state_entity(write.device_id, write.state, model_version, now))
+                batches = _plan(entities)
+                for batch in batches:
+                    for entity in batch:
+                        _check_key(entity["RowKey"], "RowKey")
+            except (PermanentError, ValueError) as exc:
+                done.refused[write.device_id] = f"table service refused the predictions: {exc}"
+                continue
+            *firsts, last = batches
+            plans.append((write.device_id, last, firsts, write.etag))
+        if not plans:
+            return done
         self._ready()
-        table = self.table_name(DEVICE_STATE)
-        tags = self._map(
-            lambda e: self._put(table, e, etags.get(e["PartitionKey"])), entities, reads=False
+        table = self.table_name(PREDICTIONS)
+
+        def settle(device_id: str, outcome: object) -> bool:
+            if isinstance(outcome, ConflictError):
+                done.conflicts.append(device_id)
+            elif isinstance(outcome, PermanentError):
+                done.refused[device_id] = f"table service refused the predictions: {outcome}"
+            elif isinstance(outcome, Exception):
+                done.error = done.error or outcome
+            else:
+                return True
+            return False
+
+        firsts = [(plan[0], batch) for plan in plans for batch in plan[2]]
+        if firsts:
+            outcomes = self._map(
+                lambda job: _attempt(lambda: self._submit(table, job[1])), firsts, reads=False
+            )
+            failed = {d for (d, _), o in zip(firsts, outcomes, strict=True) if not settle(d, o)}
+            plans = [plan for plan in plans if plan[0] not in failed]
+        outcomes = self._map(
+            lambda plan: _attempt(
+                lambda: self._submit(table, plan[1][:-1], Guarded(plan[1][-1], plan[3]))
+            ),
+            plans,
+            reads=False,
         )
-        return {e["PartitionKey"]: tag for e, tag in zip(entities, tags, strict=True)}
+        for plan, outcome in zip(plans, outcomes, strict=True):
+            if settle(plan[0], outcome):
+                done.etags[plan[0]] = None if outcome is None else str(outcome)
+        log.debug(
+            "stored %d devices' predictions and states (%d in conflict, %d refused)",
+            len(done.etags),
+            len(done.conflicts),
+            len(done.refused),
+        )
+        return done
 
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> None:
         """Upsert (replace) one row per (device, timestamp), in batch transactions."""
@@ -444,11 +489,14 @@ class _StoreBase(ABC):
     def _get(self, table: str, partition_key: str, key: str) -> Entity | None: ...
 
     @abstractmethod
-    def _submit(self, table: str, batch: list[Entity]) -> None: ...
+    def _submit(
+        self, table: str, batch: list[Entity], guarded: Guarded | None = None
+    ) -> str | None:
+        """Upsert `batch` and write `guarded` in one transaction; return `guarded`'s new ETag.
 
-    @abstractmethod
-    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
-        """Create (etag None) or replace if unchanged; return the new ETag, or ConflictError."""
+        Raises:
+            ConflictError: `guarded`'s row changed (or, for a create, exists) since read.
+        """
 
     @abstractmethod
     def _scan(
@@ -466,6 +514,14 @@ class _StoreBase(ABC):
 
 
 # --- Azure Table Storage -------------------------------------------------------------------
+
+
+def _attempt(fn: Callable[[], R]) -> R | Exception:
+    """`fn()`, or the exception it raised: one device's failure must not hide the others'."""
+    try:
+        return fn()
+    except Exception as exc:  # sorted out by the caller, device by device
+        return exc
 
 
 def _client_options(threads: int, retry_total: int) -> dict[str, Any]:
@@ -644,35 +700,23 @@ class TableStore(_StoreBase):
                     raise
                 return None
 
-    def _submit(self, table: str, batch: list[Entity]) -> None:
+    def _submit(
+        self, table: str, batch: list[Entity], guarded: Guarded | None = None
+    ) -> str | None:
         # One entity: a plain upsert and a one-operation transaction cost the same client CPU
         # (the pipeline's fixed cost; bench/table_writes.py measures both), and the plain one
         # answers a refusal in one request where the lean batch would resend it to the SDK.
         client = self._client(table)
-        with _mapped(f"write {len(batch)} rows to {table}"):
-            if len(batch) == 1:
+        with _mapped(f"write {len(batch) + (guarded is not None)} rows to {table}"):
+            if guarded is None and len(batch) == 1:
                 client.upsert_entity(batch[0], mode=UpdateMode.REPLACE)
-            else:
-                upsert_transaction(client, batch)
-
-    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
-        client = self._client(table)
-        with _mapped(f"write state to {table}"):
+                return None
             try:
-                if etag is None:
-                    meta = client.create_entity(entity)
-                else:
-                    meta = client.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=etag,
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-            except (ResourceExistsError, ResourceModifiedError) as exc:
-                raise ConflictError(
-                    f"state of {entity['PartitionKey']!r} changed since it was read"
-                ) from exc
-        return str(meta["etag"])
+                return write_transaction(client, batch, guarded)
+            except HttpResponseError as exc:
+                if guarded is not None and getattr(exc, "error_code", None) in _CHANGED:
+                    raise ConflictError(_changed(guarded)) from exc
+                raise
 
     def _scan(
         self,
@@ -702,6 +746,10 @@ class TableStore(_StoreBase):
 
 
 # --- in memory -----------------------------------------------------------------------------
+
+
+def _changed(guarded: Guarded) -> str:
+    return f"state of {guarded.entity['PartitionKey']!r} changed since it was read"
 
 
 def _check_entity(entity: Mapping[str, Any]) -> None:
@@ -765,22 +813,11 @@ class InMemoryTableStore(_StoreBase):
                 return None
             return {**entity, _ETAG: self._etags.get((table, partition_key, key))}
 
-    def _put(self, table: str, entity: Entity, etag: str | None) -> str:
-        _check_entity(entity)
-        where = (table, entity["PartitionKey"], entity["RowKey"])
-        with self._lock:
-            partition = self._table(table).setdefault(entity["PartitionKey"], {})
-            exists = entity["RowKey"] in partition
-            if (etag is None and exists) or (etag is not None and self._etags.get(where) != etag):
-                raise ConflictError(
-                    f"state of {entity['PartitionKey']!r} changed since it was read"
-                )
-            partition[entity["RowKey"]] = {k: v for k, v in entity.items() if v is not None}
-            self._version += 1
-            self._etags[where] = f'W/"{self._version}"'
-            return self._etags[where]
-
-    def _submit(self, table: str, batch: list[Entity]) -> None:
+    def _submit(
+        self, table: str, batch: list[Entity], guarded: Guarded | None = None
+    ) -> str | None:
+        if guarded is not None:
+            batch = [*batch, dict(guarded.entity)]
         if not 1 <= len(batch) <= _MAX_BATCH_OPS:
             raise PermanentError(f"InvalidInput: {len(batch)} operations", status=400)
         if len({e["PartitionKey"] for e in batch}) != 1:
@@ -793,6 +830,11 @@ class InMemoryTableStore(_StoreBase):
             _check_entity(entity)
         with self._lock:
             partition = self._table(table).setdefault(batch[0]["PartitionKey"], {})
+            if guarded is not None:
+                where = (table, batch[-1]["PartitionKey"], batch[-1]["RowKey"])
+                etag = self._etags.get(where) if where[2] in partition else None
+                if etag != guarded.etag:
+                    raise ConflictError(_changed(guarded))
             for entity in batch:
                 partition[entity["RowKey"]] = {k: v for k, v in entity.items() if v is not None}
                 self._version += 1
@@ -800,6 +842,7 @@ class InMemoryTableStore(_StoreBase):
                     f'W/"{self._version}"'
                 )
             self.transactions += 1
+            return f'W/"{self._version}"' if guarded is not None else None
 
     def _scan(
         self,

@@ -22,6 +22,7 @@ from pathlib import Path
 from azure.data.tables import TableClient
 
 from shared.readings import parse_timestamp, row_key
+from shared.store import STATE_ROW
 
 __all__ = [
     "PredictionRow",
@@ -47,7 +48,11 @@ class PredictionRow:
 
 
 class PredictionsTable:
-    """Reads every row of the Predictions table (keys, reading time, Timestamp, is_anomaly)."""
+    """Reads every prediction row (keys, reading time, Timestamp, is_anomaly).
+
+    Each device's partition also holds its state row (RowKey `state`); it is not a prediction
+    and is skipped.
+    """
 
     def __init__(self, connection_string: str, table: str = "Predictions") -> None:
         """Connect lazily to `table`."""
@@ -63,6 +68,8 @@ class PredictionsTable:
             stamp = written_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             entities = self._client.query_entities(f"Timestamp ge datetime'{stamp}'", select=select)
         for e in entities:
+            if e["RowKey"] == STATE_ROW:
+                continue
             out.append(
                 PredictionRow(
                     device_id=e["PartitionKey"],

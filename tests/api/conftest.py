@@ -169,7 +169,7 @@ def hub() -> Iterator[InMemoryPublisher]:
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[InMemoryTableStore]:
-    """The query function reading an in-memory store with the four tables created."""
+    """The query function reading an in-memory store with its tables created."""
     tables = InMemoryTableStore()
     tables.create_tables()
     with pytest.MonkeyPatch.context() as patch:

@@ -305,3 +305,37 @@ def test_query_client_reports_a_refusal_with_the_service_answer():
     client = QueryClient("http://127.0.0.1:1/api", "k", session=FakeSession([], status=400))
     with pytest.raises(QueryError, match=r"HTTP 400: .*validation"):
         client.list_anomalies("yesterday")
+
+
+@pytest.mark.azurite
+def test_predictions_table_reads_predictions_not_the_state_rows_beside_them(
+    table_store, azurite_tables
+):
+    from datetime import UTC, datetime, timedelta
+
+    from local.demo.summary import PredictionsTable
+    from shared.predictions import Prediction
+    from shared.states import DeviceWrite
+
+    t0 = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    writes = [
+        DeviceWrite(
+            device,
+            [
+                Prediction(device, t0 + timedelta(seconds=i), 0.1, False, None, None, None, "m")
+                for i in range(3)
+            ],
+            {"seen": 3},
+            None,
+        )
+        for device in ("a", "b")
+    ]
+    assert list(table_store.write_devices(writes, model_version="m", now=t0).etags) == ["a", "b"]
+    table = PredictionsTable(azurite_tables, table_store.table_name("Predictions"))
+    try:
+        rows = table.rows()
+    finally:
+        table.close()
+    assert sorted((r.device_id, r.reading_time) for r in rows) == [
+        (d, f"2026-11-27T07:00:0{i}.000Z") for d in ("a", "b") for i in range(3)
+    ]

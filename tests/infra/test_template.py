@@ -228,8 +228,7 @@ def test_the_four_tables_and_the_checkpoint_container_are_created(parameters):
     prefix = parameters.get("tablePrefix", "")
     tables = {n for kind, n in made if kind.endswith("tableServices/tables")}
     assert tables == {
-        f"{account}/default/{prefix}{name}"
-        for name in ("Predictions", "DeviceState", "Anomalies", "DeadLetters")
+        f"{account}/default/{prefix}{name}" for name in ("Predictions", "Anomalies", "DeadLetters")
     }
     containers = {n.split("/")[-1] for kind, n in made if kind.endswith("/containers")}
     flex = t.params["planType"] == "FlexConsumption"

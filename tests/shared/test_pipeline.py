@@ -254,12 +254,14 @@ def test_pipeline_a_row_the_table_refuses_is_dead_lettered_not_retried_forever(
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-        def upsert_predictions(self, predictions):
-            if any(p.device_id == "wide" for p in predictions):
-                from shared.errors import PermanentError
+        def write_devices(self, writes, **kwargs):
+            from shared.states import Written
 
-                raise PermanentError("PropertyValueTooLarge", status=400)
-            self.inner.upsert_predictions(predictions)
+            done = self.inner.write_devices([w for w in writes if w.device_id != "wide"], **kwargs)
+            if any(w.device_id == "wide" for w in writes):
+                refused = "table service refused the predictions: PropertyValueTooLarge"
+                return Written(done.etags, done.conflicts, {**done.refused, "wide": refused})
+            return done
 
     pipeline = make_pipeline()
     pipeline.store = Picky(store)
@@ -300,3 +302,50 @@ def test_pipeline_model_rejections_dead_letter_one_row_per_origin_event(aml, mak
     assert sorted(
         (x["sequence_number"], len(decode_event(x["payload"].encode())[1])) for x in letters
     ) == [(5, 2), (6, 2)]
+
+
+def test_pipeline_scores_again_only_the_devices_whose_state_changed(aml, make_pipeline, store):
+    first, second = make_pipeline(), make_pipeline()
+    first.process(events_for({"a": readings("a", 1), "b": readings("b", 1)}), now=NOW)
+    second.process(events_for({"a": readings("a", 1, start=1)}), now=NOW)  # "a" moved away
+    aml.record.requests.clear()
+    report = first.process(
+        events_for({"a": readings("a", 1, start=2), "b": readings("b", 1, start=1)}), now=NOW
+    )
+    sent = [[(d["device_id"], d["state"]) for d in req["devices"]] for req in aml.record.requests]
+    assert sent == [[("a", {"seen": 1}), ("b", {"seen": 1})], [("a", {"seen": 2})]]
+    assert (report.predictions, report.requests) == (2, 2)
+    assert store.get_states(["a", "b"]) == {"a": {"seen": 3}, "b": {"seen": 2}}
+    assert len(stored(store, "a")) == 3
+
+
+def test_pipeline_a_transient_write_failure_raises_and_keeps_what_landed(aml, make_pipeline, store):
+    from shared.states import Written
+
+    class HalfDown:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def write_devices(self, writes, **kwargs):
+            done = self.inner.write_devices([w for w in writes if w.device_id != "b"], **kwargs)
+            return Written(done.etags, [], {}, TransientError("table storage answered 503"))
+
+    pipeline = make_pipeline()
+    pipeline.store = HalfDown(store)
+    with pytest.raises(TransientError):
+        pipeline.process(events_for({"a": readings("a", 2), "b": readings("b", 2)}), now=NOW)
+    assert store.get_states(["a", "b"]) == {"a": {"seen": 2}, "b": None}
+    pipeline.store = store  # the service is back; the batch comes again
+    aml.record.requests.clear()
+    pipeline.process(events_for({"a": readings("a", 2), "b": readings("b", 2)}), now=NOW)
+    # "a" landed and its cached state is the one stored, so the redelivery writes over it
+    # without a conflict round; "b" starts where it was. The model keeps no per-reading
+    # record, so "a"'s redelivered readings count twice in its state (as they did before
+    # states rode with predictions); their prediction rows are overwritten, never doubled.
+    assert [[d["state"] for d in req["devices"]] for req in aml.record.requests] == [
+        [{"seen": 2}, None]
+    ]
+    assert store.get_states(["a", "b"]) == {"a": {"seen": 4}, "b": {"seen": 2}}

@@ -19,6 +19,7 @@ from azure.data.tables import TableServiceClient
 from shared.deadletters import DeadLetter
 from shared.errors import ConfigError, PermanentError, TransientError
 from shared.predictions import Prediction
+from shared.states import DeviceWrite
 from shared.store import InMemoryTableStore, PredictionPage, TableStore
 from tests.support.azurite import connection_string
 from tests.support.http_server import QuietHandler, serving
@@ -315,6 +316,92 @@ def test_store_upsert_states_refuses_a_state_too_large_for_one_entity(store):
     assert store.get_states(["a", "b"]) == {"a": None, "b": None}
 
 
+# --- predictions with their state ------------------------------------------------------------
+
+
+def write(device: str, n: int, state: dict, etag: str | None, *, start: int = 0) -> DeviceWrite:
+    return DeviceWrite(
+        device, [pred(device, T0 + timedelta(seconds=start + i)) for i in range(n)], state, etag
+    )
+
+
+def test_store_write_devices_stores_predictions_and_state_with_the_new_etag(store):
+    done = store.write_devices(
+        [write("a", 3, {"seen": 3}, None), write("b", 1, {"seen": 1}, None)],
+        model_version="m-1",
+        now=T0,
+    )
+    assert (done.conflicts, done.refused, done.error) == ([], {}, None)
+    stored = store.get_versioned_states(["a", "b"])
+    assert {d: (state, done.etags[d]) for d, (state, _) in stored.items()} == stored
+    assert stored["a"][0] == {"seen": 3}
+    assert len(store.list_predictions("a", **FAR).items) == 3
+    again = store.write_devices(
+        [write("a", 2, {"seen": 5}, done.etags["a"], start=3)], model_version="m-1", now=T0
+    )
+    assert again.etags["a"] not in (None, done.etags["a"])
+    assert store.get_states(["a"]) == {"a": {"seen": 5}}
+
+
+def test_store_write_devices_stale_state_stores_nothing_of_that_device(store):
+    first = store.write_devices([write("a", 1, {"seen": 1}, None)], model_version="m", now=T0)
+    store.upsert_states({"a": {"seen": 9}}, model_version="m", now=T0)  # another worker
+    done = store.write_devices(
+        [write("a", 2, {"seen": 3}, first.etags["a"], start=1), write("b", 1, {"seen": 1}, None)],
+        model_version="m",
+        now=T0,
+    )
+    assert (done.conflicts, list(done.etags)) == (["a"], ["b"])
+    assert store.get_states(["a"]) == {"a": {"seen": 9}}
+    assert len(store.list_predictions("a", **FAR).items) == 1  # the stale transaction's 2 are not
+    created = store.write_devices([write("a", 1, {"seen": 2}, None)], model_version="m", now=T0)
+    assert created.conflicts == ["a"]  # "there was no row" while there is one
+
+
+def test_store_write_devices_over_100_predictions_lands_state_in_the_last_transaction(store):
+    done = store.write_devices([write("a", 250, {"seen": 250}, None)], model_version="m", now=T0)
+    assert list(done.etags) == ["a"]
+    items, _ = every_page(store, "a", limit=1000, **FAR)
+    assert len(items) == 250  # and no state row among them
+    assert store.get_states(["a"]) == {"a": {"seen": 250}}
+
+
+def test_store_write_devices_a_refused_device_does_not_hold_back_the_others(store):
+    oversized = {f"note{i}": "x" * 32_000 for i in range(40)}  # over 1 MiB as the service counts
+    big = DeviceWrite("big", [pred("big", T0, **oversized)], {"seen": 1}, None)
+    done = store.write_devices([big, write("ok", 2, {"seen": 2}, None)], model_version="m", now=T0)
+    assert list(done.etags) == ["ok"]
+    assert done.refused["big"].startswith("table service refused the predictions")
+    assert store.get_states(["big", "ok"]) == {"big": None, "ok": {"seen": 2}}
+
+
+def test_in_memory_store_write_devices_reports_a_transient_failure_and_what_landed():
+    class Flaky(InMemoryTableStore):
+        def _submit(self, table, batch, guarded=None):
+            rows = [*batch, guarded.entity] if guarded is not None else batch
+            if rows[0]["PartitionKey"] == "down":
+                raise TransientError("table storage answered 503")
+            return super()._submit(table, batch, guarded)
+
+    store = Flaky()
+    done = store.write_devices(
+        [write("down", 1, {"seen": 1}, None), write("up", 1, {"seen": 1}, None)],
+        model_version="m",
+        now=T0,
+    )
+    assert isinstance(done.error, TransientError)
+    assert list(done.etags) == ["up"]
+    assert store.get_states(["down", "up"]) == {"down": None, "up": {"seen": 1}}
+
+
+def test_in_memory_store_write_devices_rides_the_state_in_the_predictions_transaction():
+    store = InMemoryTableStore()
+    store.write_devices(
+        [write("a", 99, {"s": 1}, None), write("b", 100, {"s": 1}, None)], model_version="m", now=T0
+    )
+    assert store.transactions == 3  # a: 99 + state; b: 100, then the state alone
+
+
 # --- dead letters --------------------------------------------------------------------------
 
 
@@ -494,7 +581,7 @@ def test_table_store_writes_are_idempotent_counted_by_a_raw_query(table_store, a
 def test_table_store_stores_long_text_over_numbered_properties(table_store, azurite_tables):
     table_store.upsert_states({"a": {"blob": "z" * 70_000}}, model_version="m-1", now=T0)
     with TableServiceClient.from_connection_string(azurite_tables) as service:
-        raw = service.get_table_client(table_store.table_name("DeviceState")).get_entity(
+        raw = service.get_table_client(table_store.table_name("Predictions")).get_entity(
             "a", "state"
         )
     assert sorted(raw) == [

@@ -117,7 +117,7 @@ def test_metrics_move_for_a_processed_batch(pipeline, reader, aml):
     assert points["fleetscore.consumer.lag"] == {(): (1, 2000.0)}
     assert points["fleetscore.score.batch_size"] == {(): (1, 5)}
     steps = {dict(a)["step"] for a in points["fleetscore.score.step.duration"]}
-    assert {"states_read", "score", "predictions_write", "states_write"} <= steps
+    assert {"states_read", "score", "anomalies_write", "predictions_write"} <= steps
 
 
 def test_batch_log_line_keeps_its_text_and_carries_structured_fields(pipeline, caplog):

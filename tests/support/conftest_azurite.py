@@ -32,7 +32,7 @@ def azurite_blobs() -> Iterator[str]:
 
 @pytest.fixture
 def table_store(azurite_tables: str) -> Iterator[TableStore]:
-    """A `TableStore` on Azurite whose four tables carry a prefix unique to this test."""
+    """A `TableStore` on Azurite whose tables carry a prefix unique to this test."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     store = TableStore.from_connection_string(azurite_tables, table_prefix=prefix, retry_total=0)
     store.create_tables()
@@ -41,5 +41,5 @@ def table_store(azurite_tables: str) -> Iterator[TableStore]:
     finally:
         store.close()
         with TableServiceClient.from_connection_string(azurite_tables) as service:
-            for table in ("Predictions", "DeviceState", "Anomalies", "DeadLetters"):
+            for table in ("Predictions", "Anomalies", "DeadLetters"):
                 service.delete_table(store.table_name(table))
