@@ -11,6 +11,9 @@ Predictions are realistic: 20 pumps' six metrics, scores and probabilities, as
   stored prediction, one writer (``max_workers=1``), 100-entity transactions: the store's lean
   ``$batch`` path (``shared.table_batch``) and, in the same run, the SDK's
   ``submit_transaction`` (the store's previous ``_submit``) for the before/after.
+* The score host's own write (``TableStore.write_devices``): 10 predictions of each device with
+  its state row (a 4 KB state, about a warm six-metric pump's) in one conditional transaction,
+  per stored prediction, one writer.
 * Entities/s for 1-, 10- and 100-entity transactions, one writer. A one-entity write is the
   store's ``upsert_entity``; the CPU of it and of a one-operation lean transaction are both
   reported, since the store picks the cheaper.
@@ -44,8 +47,9 @@ from azure.data.tables import UpdateMode
 from shared._entities import Entity, _plan, _prediction_entity
 from shared.predictions import Prediction
 from shared.readings import row_key
+from shared.states import DeviceWrite
 from shared.store import TableStore, _mapped
-from shared.table_batch import encode_upserts, upsert_transaction
+from shared.table_batch import Guarded, encode_upserts, upsert_transaction
 from simulator.fleet import kind_metrics
 from tests.support.azurite import AZURITE_BIN, AzuriteError, _answers, _free_port, _stop
 from tests.support.azurite import connection_string as azurite_connection_string
@@ -65,6 +69,10 @@ FIGURES = {
         "this process, the SDK's submit_transaction, 100-entity transactions, one writer",
     ),
     "table_write_sdk_vs_lean_cpu_ratio": ("x", "SDK CPU over lean CPU per prediction"),
+    "table_write_cpu_us_per_prediction_with_state": (
+        "µs CPU/prediction",
+        "this process, write_devices: 10 predictions per device + its 4 KB state row, one writer",
+    ),
     "table_write_cpu_us_entities": (
         "µs CPU/prediction",
         "of the lean figure: building the entities and planning transactions (no I/O)",
@@ -197,7 +205,9 @@ class Fleet:
 class SdkTableStore(TableStore):
     """`TableStore` with its previous `_submit`: every transaction through `submit_transaction`."""
 
-    def _submit(self, table: str, batch: list[Entity]) -> None:
+    def _submit(self, table: str, batch: list[Entity], guarded: Guarded | None = None) -> None:
+        if guarded is not None:
+            raise NotImplementedError("upserts only")
         client = self._client(table)
         with _mapped(f"write {len(batch)} rows to {table}"):
             if len(batch) == 1:
@@ -211,7 +221,9 @@ class SdkTableStore(TableStore):
 class LeanSingleTableStore(TableStore):
     """`TableStore` that writes one entity as a one-operation lean transaction, for comparison."""
 
-    def _submit(self, table: str, batch: list[Entity]) -> None:
+    def _submit(self, table: str, batch: list[Entity], guarded: Guarded | None = None) -> None:
+        if guarded is not None:
+            raise NotImplementedError("upserts only")
         with _mapped(f"write {len(batch)} rows to {table}"):
             upsert_transaction(self._client(table), batch)
 
@@ -230,6 +242,42 @@ def timed(
         time.process_time() - cpu,
         sum(len(b) for b in batches),
     )
+
+
+def state_of(rng: random.Random) -> dict[str, object]:
+    """A state of about 4 KB of JSON, the size of a warm six-metric pump's (README, "The model")."""
+    per_metric = {m: [round(rng.gauss(0.0, 1.0), 6) for _ in range(24)] for m in METRICS}
+    return {"v": 3, "names": METRICS, "seen": 6000, "per_metric": per_metric}
+
+
+def timed_devices(store: TableStore, fleet: Fleet, *, calls: int) -> tuple[float, int]:
+    """Write `calls` scored batches as the score host does; return (CPU s, predictions).
+
+    Each batch holds 10 predictions per device, written with the device's state.
+    """
+    rng = random.Random(3)
+    etags: dict[str, str | None] = {}
+    Batch = list[tuple[str, list[Prediction], dict[str, object]]]
+
+    def scored(predictions: list[Prediction]) -> Batch:
+        by_device: dict[str, list[Prediction]] = {}
+        for p in predictions:
+            by_device.setdefault(p.device_id, []).append(p)
+        return [(d, ps, state_of(rng)) for d, ps in by_device.items()]
+
+    def write(batch: Batch) -> None:
+        writes = [DeviceWrite(d, ps, state, etags.get(d)) for d, ps, state in batch]
+        done = store.write_devices(writes, model_version="m", now=T0)
+        if done.conflicts or done.refused or done.error or len(done.etags) != len(batch):
+            raise RuntimeError(f"write_devices did not store every device: {done}")
+        etags.update(done.etags)
+
+    write(scored(fleet.next(10)))  # tables, connections, the state rows: not timed
+    batches = [scored(fleet.next(10)) for _ in range(calls)]
+    cpu = time.process_time()
+    for batch in batches:
+        write(batch)
+    return time.process_time() - cpu, sum(len(ps) for b in batches for _, ps, _ in b)
 
 
 def ceiling(
@@ -315,6 +363,9 @@ def measure(quick: bool = False) -> dict[str, float]:
             figures["table_write_cpu_us_per_prediction_sdk"]
             / figures["table_write_cpu_us_per_prediction"]
         )
+        with store() as scored:
+            cpu, rows = timed_devices(scored, fleet, calls=5 * scale)
+        figures["table_write_cpu_us_per_prediction_with_state"] = 1e6 * cpu / rows
         with store() as lean:
             wall, cpu, rows = timed(lean, fleet, per_device=10, calls=5 * scale)
         figures["table_entities_per_s_tx10"] = rows / wall
