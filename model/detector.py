@@ -42,7 +42,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from model.state import _ARRAYS, _INTS, _SCALARS, MAX_FULL_COV, TREND_SCALES, DeviceState
+from model.state import (
+    _ARRAYS,
+    _INTS,
+    _SCALARS,
+    MAX_FULL_COV,
+    TREND_SCALES,
+    DeviceState,
+    _stack_arrays,
+    _tag_rows,
+)
 
 __all__ = [
     "DetectorConfig",
@@ -174,25 +183,19 @@ class _Rows(NamedTuple):
 
 def _stack(states: list[DeviceState]) -> dict[str, np.ndarray]:
     """Stack the states of one group along a leading device axis (a copy: inputs stay intact)."""
-    d = len(states)
-    # One C-level attribute fetch per state, then one concatenation per field (a single C
-    # call; np.stack is several): per-device Python steps are what a wide request pays for.
-    per_state = list(map(_FIELDS, states))
-    columns = list(zip(*per_state, strict=True))
-    first = per_state[0]
-    g: dict[str, np.ndarray] = {}
-    for j, key in enumerate(_ARRAYS):
-        g[key] = np.concatenate(columns[j]).reshape(d, *first[j].shape)
-    n = len(_ARRAYS)
+    g = dict(zip(_ARRAYS, _stack_arrays(states), strict=True))
+    # One C-level attribute fetch per state, then one conversion per field: per-device Python
+    # steps are what a wide request pays for.
+    columns = list(zip(*map(_NUMBERS, states), strict=True))
     for j, key in enumerate(_INTS):
-        g[key] = np.array(columns[n + j], dtype=np.int64)
-    n += len(_INTS)
+        g[key] = np.array(columns[j], dtype=np.int64)
+    n = len(_INTS)
     for j, key in enumerate(_SCALARS):
         g[key] = np.array(columns[n + j], dtype=float)
     return g
 
 
-_FIELDS = attrgetter(*_ARRAYS, *_INTS, *_SCALARS)
+_NUMBERS = attrgetter(*_INTS, *_SCALARS)
 
 
 def _fold(
@@ -891,11 +894,16 @@ def _score_group(
         *(g[key].tolist() for key in _SCALARS), strict=True,
     )  # fmt: skip
     cuts = np.cumsum(lens).tolist()
+    stacks = tuple(g[key] for key in _ARRAYS)  # the states' arrays are their rows
     out: list[tuple[DeviceState, DeviceScores]] = []
-    for ok, row, s, e in zip(finite, fields, [0, *cuts[:-1]], cuts, strict=True):
+    for j, (ok, row, s, e) in enumerate(zip(finite, fields, [0, *cuts[:-1]], cuts, strict=True)):
         # Absurd magnitudes (1e300) overflowed the sums: a state must stay plain finite JSON,
         # so the device starts afresh rather than poisoning every later request.
-        st = DeviceState(list(names), *row) if ok else DeviceState.fresh(names, row[1], row[2])
+        st = (
+            _tag_rows(DeviceState(list(names), *row), stacks, j)
+            if ok
+            else DeviceState.fresh(names, row[1], row[2])
+        )
         out.append((st, DeviceScores(score[s:e], flags[s:e], top[s:e], features[s:e], ready[s:e])))
     return out
 

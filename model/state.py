@@ -23,11 +23,12 @@ version 3 on request.
 
 from __future__ import annotations
 
-import base64
 import binascii
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,20 @@ TREND_SCALES = 2
 MAX_FULL_COV = 32
 
 
+class _Rows:
+    """Room for what is not a field of :class:`DeviceState`: where its arrays came from.
+
+    ``_rows``, set by :func:`load_states` and the detector, whose states' arrays are rows of
+    arrays stacked over many states: (those stacks, the row, the state's arrays as made), so
+    :func:`_stack_arrays` can take the rows again instead of stacking array after array. A
+    slot, not an attribute: ``vars(state)``, equality and ``repr`` see the fields alone.
+    """
+
+    __slots__ = ("_rows",)
+
+
 @dataclass
-class DeviceState:
+class DeviceState(_Rows):
     """What the detector remembers about one device, as numpy arrays over its metrics.
 
     Attributes:
@@ -108,6 +121,10 @@ class DeviceState:
     pg_n: float = 0.0
     pg_s: float = 0.0
     t_move: float = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields alone: a copy (or a pickle) does not carry ``_rows`` along."""
+        return dict(self.__dict__)
 
     @classmethod
     def fresh(cls, names: Sequence[str], t_ms: int, bucket: int) -> DeviceState:
@@ -243,46 +260,112 @@ def dump_states(
     for k, members in groups.items():
         group = [states[i] for i in members]
         d = len(group)
-
-        def stacked(key: str, group: list[DeviceState] = group, d: int = d) -> np.ndarray:
-            return np.array([getattr(s, key) for s in group], dtype=np.float64).reshape(d, -1)
-
-        mats = [stacked(key).reshape(d, k, k) for key in _MATRICES]
-        rows = _diag(k) if k > MAX_FULL_COV else _triu(k)
-        parts = [
-            *(stacked(key) for key in _VECTORS),
-            *(m[:, rows[0], rows[1]] for m in mats),
-            *(stacked(key) for key in (*_TRENDS, *_GLOBAL)),
-            np.array([[getattr(s, key) for key in _SCALARS] for s in group], dtype=float).reshape(
-                d, len(_SCALARS)
-            ),
-        ]
+        columns, size = _stored(k)
+        # The stored numbers picked out of each state's arrays laid end to end: matrices as
+        # their upper triangles.
+        every = np.concatenate([a.reshape(d, -1) for a in _stack_arrays(group)], axis=1)
+        if every.shape[1] != size:
+            raise ValueError(f"states with {k} metrics: arrays of {every.shape[1]} numbers")
+        scalars = np.array(list(map(_SCALAR_FIELDS, group)), dtype=float).reshape(d, -1)
+        flat = np.concatenate([every[:, columns].astype(np.float64, copy=False), scalars], axis=1)
         docs = [
-            {"v": version, "metrics": list(s.names), **{key: int(getattr(s, key)) for key in _INTS}}
+            {
+                "v": version,
+                "metrics": list(s.names),
+                "t_first": int(s.t_first),
+                "t_last": int(s.t_last),
+                "bucket": int(s.bucket),
+                "folded": int(s.folded),
+            }
             for s in group
         ]
         if version == 3:
-            _dump_numbers(parts, docs)
+            _dump_numbers(k, flat, docs)
         else:
-            _dump_packed(k, np.concatenate(parts, axis=1), docs)
+            _dump_packed(k, flat, docs)
         for i, doc in zip(members, docs, strict=True):
             out[i] = doc
     return out
 
 
-def _dump_numbers(parts: list[np.ndarray], docs: list[dict[str, Any]]) -> None:
+_ARRAY_FIELDS = attrgetter(*_ARRAYS)
+_SCALAR_FIELDS = attrgetter(*_SCALARS)
+
+
+def _stack_arrays(states: Sequence[DeviceState]) -> list[np.ndarray]:
+    """The array fields (``_ARRAYS`` order) of states (at least one) with equally many metrics.
+
+    Each a new array with a leading device axis; the states stay as they are. States that
+    :func:`load_states` or the detector made hold rows of such stacks already: when every
+    state still holds its row of one set of stacks (its arrays are the very ones it was made
+    with, so none was replaced), a field is one ``take`` of those rows; otherwise one
+    concatenation of as many arrays as states (per field, a C call over the states either way,
+    but the ``take`` costs nothing per state).
+    """
+    d = len(states)
+    tags = [getattr(state, "_rows", None) for state in states]
+    first = tags[0]
+    if first is not None:
+        stacks = first[0]
+        rows: list[int] = []
+        for state, tag in zip(states, tags, strict=True):
+            if (
+                tag is None
+                or tag[0] is not stacks
+                or not all(map(is_, _ARRAY_FIELDS(state), tag[2]))
+            ):
+                break
+            rows.append(tag[1])
+        else:
+            if rows == list(range(stacks[0].shape[0])):
+                return [a.copy() for a in stacks]
+            index = np.array(rows, dtype=np.intp)
+            return [a[index] for a in stacks]
+    return [
+        np.concatenate(column).reshape(d, *column[0].shape)
+        for column in zip(*map(_ARRAY_FIELDS, states), strict=True)
+    ]
+
+
+def _tag_rows(state: DeviceState, stacks: tuple[np.ndarray, ...], row: int) -> DeviceState:
+    """Record that ``state``'s arrays are row ``row`` of ``stacks`` (``_ARRAYS`` order)."""
+    state._rows = (stacks, row, _ARRAY_FIELDS(state))
+    return state
+
+
+@lru_cache(maxsize=64)
+def _stored(k: int) -> tuple[np.ndarray, int]:
+    """Where each stored array number is among a state's arrays laid end to end; their size.
+
+    The arrays in ``_ARRAYS`` order, each flattened; the stored numbers in ``_layout`` order
+    (without its scalars), symmetric matrices as their upper triangles (diagonals above
+    ``MAX_FULL_COV`` metrics).
+    """
+    start: dict[str, int] = {}
+    size = 0
+    for key in _ARRAYS:
+        start[key] = size
+        size += math.prod(_shape(key, k))
+    rows = _diag(k) if k > MAX_FULL_COV else _triu(k)
+    columns = [
+        *(start[key] + np.arange(k) for key in _VECTORS),
+        *(start[key] + rows[0] * k + rows[1] for key in _MATRICES),
+        *(start[key] + np.arange(math.prod(_shape(key, k))) for key in (*_TRENDS, *_GLOBAL)),
+    ]
+    return np.concatenate([np.zeros(0, dtype=np.intp), *columns]).astype(np.intp), size
+
+
+def _dump_numbers(k: int, flat: np.ndarray, docs: list[dict[str, Any]]) -> None:
     """Version 3: each field a list of JSON numbers, each scalar a number."""
-    flat = np.concatenate(parts, axis=1).tolist()
-    spans: list[tuple[str, int, int]] = []
+    spans: list[tuple[str, int, int]] = []  # (field, start, end); end -1 for a scalar
     pos = 0
-    for key, part in zip((*_VECTORS, *_MATRICES, *_TRENDS, *_GLOBAL), parts, strict=False):
-        spans.append((key, pos, pos + part.shape[1]))
-        pos += part.shape[1]
-    for doc, values in zip(docs, flat, strict=True):
+    for key, n in _layout(k, 3)[0]:
+        width = 1 if n < 0 else n
+        spans.append((key, pos, -1 if n < 0 else pos + width))
+        pos += width
+    for doc, values in zip(docs, flat.tolist(), strict=True):
         for key, s, e in spans:
-            doc[key] = values[s:e]
-        for j, key in enumerate(_SCALARS):
-            doc[key] = values[pos + j]
+            doc[key] = values[s] if e < 0 else values[s:e]
 
 
 def _dump_packed(k: int, flat: np.ndarray, docs: list[dict[str, Any]]) -> None:
@@ -309,7 +392,9 @@ def _dump_packed(k: int, flat: np.ndarray, docs: list[dict[str, Any]]) -> None:
         step = 8 * len(cols)
         for n, i in enumerate(rows):
             docs[i]["one"] = mask
-            docs[i]["x"] = base64.b64encode(blob[n * step : (n + 1) * step]).decode("ascii")
+            docs[i]["x"] = binascii.b2a_base64(
+                blob[n * step : (n + 1) * step], newline=False
+            ).decode("ascii")
 
 
 @lru_cache(maxsize=64)
@@ -365,6 +450,8 @@ def _diag(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _NUMBER = frozenset((int, float))
+_INT = frozenset((int,))
+_STR = frozenset((str,))
 _VERSIONS = (1, 2, 3, STATE_VERSION)
 # Fields that can never be negative: weights, sums of squares, and the covariance's diagonal.
 _NONNEG = (
@@ -399,9 +486,13 @@ def _layout(k: int, version: int) -> tuple[list[tuple[str, int]], np.ndarray]:
     return fields, np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *masks]))
 
 
-def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
-    """Version, metric names and integers of a stored state, or None if any is wrong."""
-    if not isinstance(raw, Mapping):
+def _header(raw: object) -> tuple[int, list[str], list[int]] | None:
+    """Version, metric names and integers (``_INTS`` order) of a stored state, or None.
+
+    The usual state's types are checked in C (exact ``str`` and ``int``); only a state that
+    fails that is looked at item by item (subclasses pass; booleans are not integers).
+    """
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         return None
     version = raw.get("v")
     if type(version) is not int or version not in _VERSIONS:
@@ -409,16 +500,15 @@ def _header(raw: object) -> tuple[int, list[str], dict[str, int]] | None:
     names = raw.get("metrics")
     if (
         not isinstance(names, list)
-        or not all(isinstance(n, str) for n in names)
+        or not (_STR.issuperset(map(type, names)) or all(isinstance(n, str) for n in names))
         or len(set(names)) != len(names)
     ):
         return None
-    ints: dict[str, int] = {}
-    for key in _INTS:
-        value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None
-        ints[key] = value
+    ints = list(map(raw.get, _INTS))
+    if not _INT.issuperset(map(type, ints)) and any(
+        isinstance(v, bool) or not isinstance(v, int) for v in ints
+    ):
+        return None
     return version, names, ints
 
 
@@ -432,7 +522,7 @@ def _packed(raw: Mapping[str, Any], k: int) -> tuple[int, bytes] | None:
     if type(mask) is not int or mask < 0 or mask & ~_storable(k) or type(text) is not str:
         return None
     try:
-        blob = base64.b64decode(text, validate=True)
+        blob = binascii.a2b_base64(text, strict_mode=True)  # base64.b64decode(validate=True)
     except (binascii.Error, ValueError):
         return None
     if len(blob) != 8 * len(_kept(k, mask)):
@@ -483,7 +573,7 @@ def load_states(raws: Sequence[object]) -> list[DeviceState | None]:
     share ``one`` are one buffer of their bytes, spread to the full layout in one step.
     """
     out: list[DeviceState | None] = [None] * len(raws)
-    groups: dict[tuple[int, int, int], list[tuple[int, list[str], dict[str, int], Any]]] = {}
+    groups: dict[tuple[int, int, int], list[tuple[int, list[str], list[int], Any]]] = {}
     for i, raw in enumerate(raws):
         head = _header(raw)
         if head is None:
@@ -540,17 +630,15 @@ def load_states(raws: Sequence[object]) -> list[DeviceState | None]:
             arrays["slow"], arrays["w_slow"] = arrays["mean"].copy(), arrays["w_mean"].copy()
         # A move is a reading's time: never after the latest reading.
         ok = [
-            good and t_move <= m[2]["t_last"]
+            good and t_move <= m[2][1]  # t_last
             for good, t_move, m in zip(ok, scalars["t_move"], members, strict=True)
         ]
         rows = zip(
             *(list(arrays[key]) for key in _ARRAYS), *(scalars[key] for key in _SCALARS),
             strict=True,
         )  # fmt: skip
-        for (i, names, ints, _), good, row in zip(members, ok, rows, strict=True):
+        stacks = tuple(arrays[key] for key in _ARRAYS)
+        for j, ((i, names, ints, _), good, row) in enumerate(zip(members, ok, rows, strict=True)):
             if good:
-                out[i] = DeviceState(
-                    list(names), ints["t_first"], ints["t_last"], ints["bucket"],
-                    ints["folded"], *row,
-                )  # fmt: skip
+                out[i] = _tag_rows(DeviceState(list(names), *ints, *row), stacks, j)
     return out

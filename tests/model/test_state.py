@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.detector import DetectorConfig, score_device
+from model.detector import DetectorConfig, score_device, score_devices
 from model.score import CONTRACT, run
 from model.state import (
+    _ARRAYS,
     MAX_FULL_COV,
     STATE_VERSION,
     DeviceState,
+    _stack_arrays,
     dump_state,
     dump_states,
     load_state,
@@ -231,3 +233,44 @@ def test_run_scores_a_device_with_a_corrupt_state_from_a_fresh_baseline(
     assert bad_out["state"] == fresh_out["state"]
     assert bad_out["predictions"] == fresh_out["predictions"]
     assert load_state(bad_out["state"]).names == ["a", "b"]  # type: ignore[union-attr]
+
+
+def stacked_one_by_one(states: list[DeviceState]) -> list[np.ndarray]:
+    return [np.stack([getattr(s, key) for s in states]) for key in _ARRAYS]
+
+
+def test_stack_arrays_of_loaded_states_equal_stacking_each_state() -> None:
+    raws = [dump_state(s) for s in states_of_every_kind() if len(s.names) == 1] * 3
+    loaded = [s for s in load_states(raws) if s is not None]
+    fresh = DeviceState.fresh(["m0"], 0, 0)
+    for states in (loaded, loaded[::-2], [*loaded[:2], fresh, loaded[3]], loaded[1:2]):
+        got = _stack_arrays(states)
+        for key, mine, want in zip(_ARRAYS, got, stacked_one_by_one(states), strict=True):
+            assert mine.shape == want.shape, key
+            assert np.array_equal(mine.view(np.int64), want.view(np.int64)), key
+            assert all(not np.shares_memory(mine, getattr(s, key)) for s in states), key
+
+
+def test_dump_states_sees_arrays_replaced_or_changed_after_loading() -> None:
+    # A loaded state's arrays are rows of its group's arrays: dump_states takes those rows
+    # only while each state's arrays are the ones it was made with.
+    raws = [dump_state(warm_pump(seed)) for seed in range(4)]
+    states = load_states(raws)
+    states[1].mean = states[1].mean + 1.0  # type: ignore[union-attr]
+    states[2].cov[0, 1] = states[2].cov[1, 0] = 7.0  # type: ignore[union-attr]
+    copies = [s.copy() for s in states]  # type: ignore[union-attr]
+    assert dump_states(states) == [dump_state(s) for s in copies]  # type: ignore[arg-type]
+    assert dump_states(states[::-1]) == [dump_state(s) for s in copies[::-1]]  # type: ignore[arg-type]
+    assert dump_states(states)[0] == raws[0]  # type: ignore[arg-type]
+    assert vars(states[0]).keys() == vars(copies[0]).keys()  # nothing but the fields
+
+
+def test_dump_states_of_scored_states_equal_dumping_copies() -> None:
+    rng = np.random.default_rng(5)
+    states = load_states([dump_state(warm_pump(seed)) for seed in range(3)])
+    t = [np.arange(10, dtype=np.int64) * 10_000 + 1_795_798_000_000 + 60_000 * i for i in range(3)]
+    x = [100.0 * (np.arange(6) + 1) + rng.normal(size=(10, 6)) for _ in range(3)]
+    results = score_devices(states, list(PUMP), t, x)
+    scored = [s for s, _ in results]
+    assert dump_states(scored) == [dump_state(s.copy()) for s in scored]
+    assert dump_states(scored[1:]) == [dump_state(s.copy()) for s in scored[1:]]
