@@ -64,7 +64,7 @@ param eventHubsCapacity int = 1
 @description('Create the predictions hub for Fabric Real-Time Intelligence (RESULTS_EVENTHUB_*).')
 param deployResultsHub bool = false
 
-@description('Prefix of the four table names (TABLE_PREFIX): empty, or a letter then up to 19 letters and digits.')
+@description('Prefix of the table names (TABLE_PREFIX): empty, or a letter then up to 19 letters and digits.')
 @maxLength(20)
 param tablePrefix string = ''
 

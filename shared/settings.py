@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         "tableServiceUri",
     ),
-    Setting("TABLE_PREFIX", "", "Prefix for the four table names (a letter, then letters/digits)"),
+    Setting("TABLE_PREFIX", "", "Prefix for the table names (a letter, then letters/digits)"),
     Setting(
         "TABLE_WRITE_CONCURRENCY",
         "16",
