@@ -19,6 +19,7 @@ request spends most of its time in this module, not in numpy.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -448,7 +449,24 @@ def _ok(doc: dict[str, Any]) -> Any:
 
 
 def run(raw_data: str | bytes) -> Any:
-    """Score one request given as a JSON string; a 400 naming the field if it is malformed."""
+    """Score one request given as a JSON string; a 400 naming the field if it is malformed.
+
+    The cyclic garbage collector is paused while it runs: a request is tens of thousands of
+    objects (readings, states, predictions) that all live until the answer is written, and
+    the collector's passes over them and over everything the server holds cost about an
+    eighth of a 64-device request's CPU. Nothing here makes reference cycles; reference
+    counting frees the request and its answer as before.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(raw_data)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _run(raw_data: str | bytes) -> Any:
     try:
         request = orjson.loads(raw_data)  # ~2x json's speed; NaN and Infinity are not JSON
     except (TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -317,3 +318,28 @@ def test_score_request_devices_sharing_metrics_get_the_failure_fields_they_get_a
     probs = [p["failure_probability"] for d in together for p in d["predictions"]]
     assert sum(p is not None for p in probs) >= 60  # the warm pumps' readings
     assert all(type(p) is float for p in probs if p is not None)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_run_pauses_the_garbage_collector_while_scoring(
+    enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    def scoring(request: object) -> dict[str, Any]:
+        seen.append(gc.isenabled())
+        if request == {"fail": True}:
+            raise RuntimeError("boom")
+        return {"devices": []}
+
+    monkeypatch.setattr(score, "score_request", scoring)
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert run('{"contract": 1}') == {"devices": []}
+        with pytest.raises(RuntimeError, match="boom"):
+            run('{"fail": true}')
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False, False]
