@@ -938,9 +938,11 @@ def score_devices(
     stale_ms = cfg.stale_after_s * 1000.0
     out: list[tuple[DeviceState, DeviceScores] | None] = [None] * len(states)
     groups: dict[tuple[str, ...], list[tuple[int, DeviceState, np.ndarray, np.ndarray]]] = {}
+    ts = [np.asarray(t, dtype=np.int64) for t in t_ms]
+    latest = _latest(ts)
     for i, state in enumerate(states):
         cols = list(names if shared else names[i])  # type: ignore[arg-type]
-        t = np.asarray(t_ms[i], dtype=np.int64)
+        t = ts[i]
         if t.shape[0] == 0:
             st = state if state is not None else DeviceState.fresh(cols, 0, 0)
             out[i] = (st, _empty(st))
@@ -949,7 +951,7 @@ def score_devices(
         # Stale: a long silence, or a whole batch far behind the state (a device clock reset).
         # One ancient late reading among recent ones is scored, not a reason to forget.
         if state is not None:
-            t_max = int(t.max())
+            t_max = latest[i]
             if t_max - state.t_last > stale_ms or state.t_last - t_max > stale_ms:
                 state = None
         if state is None:
@@ -973,6 +975,23 @@ def score_devices(
         for m, result in zip(members, results, strict=True):
             out[m[0]] = result
     return out  # type: ignore[return-value]
+
+
+def _latest(ts: list[np.ndarray]) -> list[int]:
+    """Each array's largest time (0 for an empty one), in one reduction for all of them."""
+    lens = [t.shape[0] for t in ts]
+    if not any(lens):
+        return lens
+    starts = np.cumsum([0, *lens[:-1]])
+    nonempty = np.flatnonzero(lens)
+    out = [0] * len(ts)
+    for i, t_max in zip(
+        nonempty.tolist(),
+        np.maximum.reduceat(np.concatenate(ts), starts[nonempty]).tolist(),
+        strict=True,
+    ):
+        out[i] = t_max
+    return out
 
 
 def score_device(

@@ -201,13 +201,13 @@ def _uniform_request(
         return None
     times = list(map(cache.get, stamps))
     if None in times:
+        # Each distinct time once (a fleet's devices often share their reading times).
         try:
-            times = [
-                _parse_ms(s, "", cache) if ms is None else ms
-                for s, ms in zip(stamps, times, strict=True)
-            ]
+            new = {s for s, ms in zip(stamps, times, strict=True) if ms is None}
+            cache.update({s: _parse_ms(s, "", cache) for s in new})
         except RequestError:
             return None
+        times = list(map(cache.__getitem__, stamps))
     t_all = np.array(times, dtype=np.int64)
     x_all = np.array(values, dtype=float)
     out: list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] = []
