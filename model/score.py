@@ -14,7 +14,9 @@ device's trend has enough history; otherwise they are ``null``, never a made-up 
 Devices are scored together (:func:`model.detector.score_devices`), the failure predictor runs
 once per metric set rather than once per device, and the per-reading work
 here (timestamps, metric values) avoids per-reading objects where it can: a 2,000-reading
-request spends most of its time in this module, not in numpy.
+request spends most of its time in this module, not in numpy. The usual request's readings
+become one array of values and one of times for all its devices (:func:`_uniform_request`);
+states are loaded, scored and dumped a metric set at a time (:mod:`model.state`).
 """
 
 from __future__ import annotations
