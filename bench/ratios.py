@@ -69,7 +69,9 @@ T0 = datetime(2026, 11, 27, tzinfo=UTC)
 METRICS = kind_metrics("pump")
 TRIGGER_DEVICES, PER_DEVICE = 256, 10  # one trigger batch: 256 events of 10 readings
 PARTITIONS = ("0", "1", "2", "3")  # the emulator's readings hub (local/eventhubs/Config.json)
-CONSUME_BATCH, CONSUME_PREFETCH = 256, 512  # host.json: maxEventBatchSize, prefetchCount
+_HUBS = json.loads((Path(__file__).resolve().parents[1] / "host.json").read_text())["extensions"]
+CONSUME_BATCH = _HUBS["eventHubs"]["maxEventBatchSize"]  # as the score host reads the hub
+CONSUME_PREFETCH = _HUBS["eventHubs"]["prefetchCount"]
 WARM_READINGS, WARM_STEP_S = 500, 120  # ~17 h of history: past the detector's 12 h warm-up
 
 FIGURES = {
@@ -235,10 +237,10 @@ def through_hub(requests_events: Sequence[list[OutgoingEvent]]) -> float:
     """Events/s through the emulator: published with the app's publisher, read as they land.
 
     One consumer reads every partition with the score host's batches (``maxEventBatchSize``
-    256, ``prefetchCount`` 512), as the hub is read in a live pipeline. The first request's
-    events go first and are awaited on every partition, so connecting and claiming partitions
-    are not counted; the clock then runs from the first publish of the rest until the consumer
-    has every event.
+    and ``prefetchCount`` from host.json), as the hub is read in a live pipeline. The first
+    request's events go first and are awaited on every partition, so connecting and claiming
+    partitions are not counted; the clock then runs from the first publish of the rest until
+    the consumer has every event.
     """
     total = sum(len(events) for events in requests_events)
     warm = len(requests_events[0])

@@ -166,12 +166,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Fleet:
-    """Predictions for 20 pumps; each call to `next` moves on in time, so rows are new."""
+    """Predictions for 20 pumps (or `devices`), sharing each reading time as the fleet's do.
 
-    def __init__(self, seed: int = 8, prefix: str = "pump") -> None:
+    Each call to `next` moves on in time, so rows are new.
+    """
+
+    def __init__(self, seed: int = 8, prefix: str = "pump", devices: int = DEVICES) -> None:
         self._rng = random.Random(seed)
         self._step = 0
         self._prefix = prefix
+        self._devices = devices
 
     def next(self, per_device: int) -> list[Prediction]:
         """`per_device` predictions of each device, 10 s apart, after the previous ones."""
@@ -181,7 +185,7 @@ class Fleet:
         out = []
         for i in range(per_device):
             ts = start + timedelta(seconds=10 * i)
-            for d in range(DEVICES):
+            for d in range(self._devices):
                 score = round(rng.random(), 4)
                 out.append(
                     Prediction(
