@@ -222,6 +222,12 @@ class ScoredLog:
         return self.predictions
 
 
+def score_logs(stack: Stack) -> list[Path]:
+    """The score hosts' log files."""
+    names = [r.service.name for r in stack.processes._running]
+    return [stack.processes.log_path(n) for n in names if n.startswith("score-host")]
+
+
 def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> Stage:
     """Offer `offered` readings/s for `seconds` while watching the backlog; then let it drain.
 
@@ -235,8 +241,7 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
     own_cpu = time.process_time()
     before = set(sender.accepts.snapshot())
     since = datetime.now(UTC) - timedelta(seconds=2)
-    hosts = [n for n in leaders if n.startswith("score-host")]
-    scored = ScoredLog([stack.processes.log_path(n) for n in hosts])
+    scored = ScoredLog(score_logs(stack))
     written: dict[tuple[str, str], float] = {}
     table = PredictionsTable(stack.storage_connection)
 
@@ -286,6 +291,29 @@ def run_stage(stack: Stack, sender: Sender, offered: float, seconds: float) -> S
     return stage
 
 
+def fresh_stack_stage(workdir: Path, rate: float, seconds: float) -> Stage:
+    """Start a stack in `workdir`, warm it up, run one stage, stop it."""
+    with running_stack(workdir, score_hosts=2) as stack:
+        sender = Sender(stack.ingest_url, stack.function_key)
+        try:
+            warm = ScoredLog(score_logs(stack))
+            sender.send(100.0, 3.0)  # warm every connection and the model's first states
+            # Both score hosts at work before the clock starts: a partition changing hands
+            # mid-stage replays its batch from the checkpoint and reads as a slow stage.
+            if not stack.wait_balanced(timeout=30.0):
+                print("  (partitions not shared out in 30 s)", file=sys.stderr)
+            # And the warm-up stored: a stage counts the predictions its hosts log, and
+            # warm-up ones logged after its clock started made it look drained early.
+            due = time.monotonic() + 30.0
+            while warm.refresh() < len(sender.accepts.snapshot()) and time.monotonic() < due:
+                time.sleep(0.25)
+            stage = run_stage(stack, sender, rate, seconds)
+            stage.rows = len(sender.accepts.snapshot())
+        finally:
+            sender.close()
+    return stage
+
+
 def measure(quick: bool = False) -> dict[str, Any]:
     """Rising stages until one is not sustained; the figures of the best sustained one.
 
@@ -304,18 +332,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
         shutil.rmtree(LOGS_ROOT)
     print(f"  the stacks' logs: {LOGS_ROOT}/stage-<rate>/logs", file=sys.stderr, flush=True)
     for rate in rates:
-        with running_stack(LOGS_ROOT / f"stage-{rate:.0f}", score_hosts=2) as stack:
-            sender = Sender(stack.ingest_url, stack.function_key)
-            try:
-                sender.send(100.0, 3.0)  # warm every connection and the model's first states
-                # Both score hosts at work before the clock starts: a partition changing hands
-                # mid-stage replays its batch from the checkpoint and reads as a slow stage.
-                if not stack.wait_balanced(timeout=30.0):
-                    print("  (partitions not shared out in 30 s)", file=sys.stderr)
-                stage = run_stage(stack, sender, rate, seconds)
-                stage.rows = len(sender.accepts.snapshot())
-            finally:
-                sender.close()
+        stage = fresh_stack_stage(LOGS_ROOT / f"stage-{rate:.0f}", rate, seconds)
         stages.append(stage)
         print(_stage_line(stage), file=sys.stderr, flush=True)
         if not stage.sustained:
