@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]
 
-Runs each script's `measure(quick)` in turn (each starts and stops what it needs), merges their
+Runs each script's `measure(quick)` in turn, each in a process of its own (it starts and stops
+what it needs; and one script's leftovers, a heap of a million objects for the cyclic garbage
+collector to walk or a thread pool still polling, do not slow the next one down), merges their
 figures into `bench/results.json` (flat keys, plus `_meta`: machine, commit, date, seconds per
 script, the command of each figure), derives the ratios of one figure to another from the same
 run (`e2e_vs_storage_ceiling`, `e2e_vs_fresh_table_ceiling`), and writes `bench/RESULTS.md` with
@@ -20,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from datetime import UTC, datetime
@@ -58,7 +61,43 @@ ACCEPTANCE = [
 ]
 
 
-def _load(name: str) -> ModuleType:
+# What a child process runs: one script's `measure`, its figures written as JSON to a file.
+_CHILD = """\
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import run_all
+run_all.BENCH = Path(sys.argv[2])
+figures = run_all._import(sys.argv[3]).measure(quick=sys.argv[4] == "quick")
+with open(sys.argv[5], "w") as out:
+    json.dump(figures, out)
+"""
+
+
+class _Apart:
+    """A script whose `measure` runs in a fresh interpreter; its `FIGURES` read from here."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.FIGURES = getattr(_import(name), "FIGURES", {})
+
+    def measure(self, quick: bool) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            out = Path(tmp) / "figures.json"
+            mode = "quick" if quick else "full"
+            here = str(Path(__file__).resolve().parent)
+            argv = [sys.executable, "-c", _CHILD, here, str(BENCH), self.name, mode, str(out)]
+            done = subprocess.run(argv, cwd=ROOT, check=False)
+            if done.returncode != 0 or not out.exists():
+                raise RuntimeError(f"bench/{self.name}.py exited with {done.returncode}")
+            return json.loads(out.read_text())
+
+
+def _load(name: str) -> _Apart:
+    return _Apart(name)
+
+
+def _import(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load bench/{name}.py")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +131,22 @@ def test_markdown_lists_acceptance_stages_and_every_figure_with_its_command(tmp_
     assert "`.venv/bin/python bench/ratios.py`" in text
     assert "![latency against offered load](e2e_latency.png)" in text
     json.dumps(results)  # what results.json holds is plain JSON
+
+
+def test_each_script_is_measured_in_a_process_of_its_own(monkeypatch, tmp_path):
+    run_all = _runner()
+    (tmp_path / "apart.py").write_text(
+        "import os\n"
+        "FIGURES = {'pid': ('pid', 'the measuring process')}\n"
+        "def measure(quick):\n"
+        "    return {'pid': os.getpid(), 'quick': quick}\n"
+    )
+    (tmp_path / "broken.py").write_text("def measure(quick):\n    raise SystemExit(3)\n")
+    monkeypatch.setattr(run_all, "BENCH", tmp_path)
+    script = run_all._load("apart")
+    assert script.FIGURES == {"pid": ("pid", "the measuring process")}
+    got = script.measure(quick=True)
+    assert got["quick"] is True
+    assert got["pid"] != os.getpid()
+    with pytest.raises(RuntimeError, match=r"bench/broken\.py exited with 3"):
+        run_all._load("broken").measure(quick=False)
