@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from shared.microbatch import MicroBatcher
 from shared.pipeline import ScoringPipeline
 from shared.readings import Reading
 from shared.scoring import AmlClient
-from shared.states import StateCache
+from shared.states import StateCache, Written
 from shared.store import InMemoryTableStore
 from tests.support.aml_standin import KEY
 
@@ -89,6 +90,20 @@ def make_pipeline(aml, store):
     for b in made:
         b.close()
         b.scorer.close()
+
+
+class WritesWithout:
+    """The store, but one device's writes never reach it: `answer` says what became of them."""
+
+    def __init__(self, inner, device: str, answer: Callable[[Written], Written]) -> None:
+        self.inner, self.device, self.answer = inner, device, answer
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def write_devices(self, writes, **kwargs) -> Written:
+        done = self.inner.write_devices([w for w in writes if w.device_id != self.device], **kwargs)
+        return self.answer(done) if any(w.device_id == self.device for w in writes) else done
 
 
 def stored(store, device: str) -> list[dict]:
@@ -245,26 +260,13 @@ def test_pipeline_a_row_the_table_refuses_is_dead_lettered_not_retried_forever(
 
     aml.script.model = model
 
-    class Picky:
-        """The real store's refusal, for one device: as the service answers a bad entity."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def write_devices(self, writes, **kwargs):
-            from shared.states import Written
-
-            done = self.inner.write_devices([w for w in writes if w.device_id != "wide"], **kwargs)
-            if any(w.device_id == "wide" for w in writes):
-                refused = "table service refused the predictions: PropertyValueTooLarge"
-                return Written(done.etags, done.conflicts, {**done.refused, "wide": refused})
-            return done
+    refused = "table service refused the predictions: PropertyValueTooLarge"
+    picky = WritesWithout(  # the real store's refusal, for one device: as for a bad entity
+        store, "wide", lambda done: Written(done.etags, done.conflicts, {"wide": refused})
+    )
 
     pipeline = make_pipeline()
-    pipeline.store = Picky(store)
+    pipeline.store = picky
     report = pipeline.process(
         events_for({"ok": readings("ok", 2), "wide": readings("wide", 3)}), now=NOW
     )
@@ -320,21 +322,11 @@ def test_pipeline_scores_again_only_the_devices_whose_state_changed(aml, make_pi
 
 
 def test_pipeline_a_transient_write_failure_raises_and_keeps_what_landed(aml, make_pipeline, store):
-    from shared.states import Written
-
-    class HalfDown:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def write_devices(self, writes, **kwargs):
-            done = self.inner.write_devices([w for w in writes if w.device_id != "b"], **kwargs)
-            return Written(done.etags, [], {}, TransientError("table storage answered 503"))
-
+    half_down = WritesWithout(
+        store, "b", lambda done: Written(done.etags, [], {}, TransientError("table answered 503"))
+    )
     pipeline = make_pipeline()
-    pipeline.store = HalfDown(store)
+    pipeline.store = half_down
     with pytest.raises(TransientError):
         pipeline.process(events_for({"a": readings("a", 2), "b": readings("b", 2)}), now=NOW)
     assert store.get_states(["a", "b"]) == {"a": {"seen": 2}, "b": None}
