@@ -183,13 +183,10 @@ def _uniform_request(
         or not _LIST.issuperset(map(type, per_device))
     ):
         return None
-    readings = list(chain.from_iterable(per_device))
-    if not _DICT.issuperset(map(type, readings)):
+    columns = _columns(list(chain.from_iterable(per_device)))
+    if columns is None:
         return None
-    stamps = [r.get("timestamp") for r in readings]
-    metrics = [r.get("metrics") for r in readings]
-    if not _STR.issuperset(map(type, stamps)) or not _DICT.issuperset(map(type, metrics)):
-        return None
+    stamps, metrics = columns
     keys = list(map(tuple, metrics))
     lens = list(map(len, per_device))
     ends = list(accumulate(lens))
@@ -201,15 +198,9 @@ def _uniform_request(
     values = list(chain.from_iterable(map(dict.values, metrics)))
     if not _NUMBER.issuperset(map(type, values)):
         return None
-    times = list(map(cache.get, stamps))
-    if None in times:
-        # Each distinct time once (a fleet's devices often share their reading times).
-        try:
-            new = {s for s, ms in zip(stamps, times, strict=True) if ms is None}
-            cache.update({s: _parse_ms(s, "", cache) for s in new})
-        except RequestError:
-            return None
-        times = list(map(cache.__getitem__, stamps))
+    times = _times(stamps, cache)
+    if times is None:
+        return None
     t_all = np.array(times, dtype=np.int64)
     x_all = np.array(values, dtype=float)
     out: list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] = []
@@ -226,6 +217,33 @@ def _uniform_request(
     return out
 
 
+def _columns(readings: list[Any]) -> tuple[list[str], list[dict[str, Any]]] | None:
+    """Each reading's timestamp and metrics; None unless each is a string and an object."""
+    if not _DICT.issuperset(map(type, readings)):
+        return None
+    stamps = [r.get("timestamp") for r in readings]
+    metrics = [r.get("metrics") for r in readings]
+    if not _STR.issuperset(map(type, stamps)) or not _DICT.issuperset(map(type, metrics)):
+        return None
+    return stamps, metrics
+
+
+def _times(stamps: list[str], cache: dict[str, int]) -> list[int] | None:
+    """Epoch milliseconds of each stamp; None if one is not of the usual shape.
+
+    Each distinct stamp is parsed once: a fleet's devices often share their reading times.
+    """
+    times = list(map(cache.get, stamps))
+    if None in times:
+        try:
+            new = {s for s, ms in zip(stamps, times, strict=True) if ms is None}
+            cache.update({s: _parse_ms(s, "", cache) for s in new})
+        except RequestError:
+            return None
+        times = list(map(cache.__getitem__, stamps))
+    return times
+
+
 def _uniform_arrays(
     readings: list[Any], cache: dict[str, int]
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[Any]] | None:
@@ -235,27 +253,19 @@ def _uniform_arrays(
     in the same order, all numbers. None for anything else (the general path then finds the
     first problem, in reading order, and names it).
     """
-    if not readings or not _DICT.issuperset(map(type, readings)):
+    columns = _columns(readings) if readings else None
+    if columns is None:
         return None
-    stamps = [r.get("timestamp") for r in readings]
-    metrics = [r.get("metrics") for r in readings]
-    if not _STR.issuperset(map(type, stamps)) or not _DICT.issuperset(map(type, metrics)):
-        return None
+    stamps, metrics = columns
     keys = set(map(tuple, metrics))
     if len(keys) != 1:
         return None
     values = list(map(list, map(dict.values, metrics)))
     if not _NUMBER.issuperset(map(type, chain.from_iterable(values))):
         return None
-    times = list(map(cache.get, stamps))
-    if None in times:
-        try:
-            times = [
-                _parse_ms(s, "", cache) if ms is None else ms
-                for s, ms in zip(stamps, times, strict=True)
-            ]
-        except RequestError:
-            return None
+    times = _times(stamps, cache)
+    if times is None:
+        return None
     names = list(keys.pop())
     x = np.array(values, dtype=float).reshape(len(values), len(names))
     return names, np.asarray(times, dtype=np.int64), x, stamps
