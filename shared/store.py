@@ -284,7 +284,7 @@ class _StoreBase(ABC):
         or, after a transient failure, in none of these (`Written.error` is the first one).
         """
         done = Written()
-        plans: list[tuple[str, list[Entity], list[list[Entity]], str | None]] = []
+        plans: list[_DevicePlan] = []
         for write in writes:
             try:
                 _check_key(write.device_id, "device_id")
@@ -301,7 +301,8 @@ class _StoreBase(ABC):
                 done.refused[write.device_id] = f"table service refused the predictions: {exc}"
                 continue
             *firsts, last = batches
-            plans.append((write.device_id, last, firsts, write.etag))
+            state = Guarded(last.pop(), write.etag)  # _plan keeps the order: the state is last
+            plans.append(_DevicePlan(write.device_id, firsts, last, state))
         if not plans:
             return done
         self._ready()
@@ -318,23 +319,21 @@ class _StoreBase(ABC):
                 return True
             return False
 
-        firsts = [(plan[0], batch) for plan in plans for batch in plan[2]]
+        firsts = [(plan.device_id, batch) for plan in plans for batch in plan.firsts]
         if firsts:
             outcomes = self._map(
                 lambda job: _attempt(lambda: self._submit(table, job[1])), firsts, reads=False
             )
             failed = {d for (d, _), o in zip(firsts, outcomes, strict=True) if not settle(d, o)}
-            plans = [plan for plan in plans if plan[0] not in failed]
+            plans = [plan for plan in plans if plan.device_id not in failed]
         outcomes = self._map(
-            lambda plan: _attempt(
-                lambda: self._submit(table, plan[1][:-1], Guarded(plan[1][-1], plan[3]))
-            ),
+            lambda plan: _attempt(lambda: self._submit(table, plan.last, plan.state)),
             plans,
             reads=False,
         )
         for plan, outcome in zip(plans, outcomes, strict=True):
-            if settle(plan[0], outcome):
-                done.etags[plan[0]] = None if outcome is None else str(outcome)
+            if settle(plan.device_id, outcome):
+                done.etags[plan.device_id] = None if outcome is None else str(outcome)
         log.debug(
             "stored %d devices' predictions and states (%d in conflict, %d refused)",
             len(done.etags),
@@ -515,6 +514,16 @@ class _StoreBase(ABC):
 
 
 # --- Azure Table Storage -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _DevicePlan:
+    """One device's transactions: `firsts` go before `last`, which ends with its `state`."""
+
+    device_id: str
+    firsts: list[list[Entity]]
+    last: list[Entity]  # the predictions that ride with the state (maybe none)
+    state: Guarded
 
 
 def _attempt(fn: Callable[[], R]) -> R | Exception:
