@@ -171,14 +171,14 @@ class ScoringPipeline:
             log.warning(
                 "state of %d devices changed under this worker; scoring them again", len(conflicts)
             )
-            again = self._score_and_store({d: devices[d] for d in conflicts}, origins, now, timings)
-            if again[3]:
-                raise ConflictError(
-                    f"state of {len(again[3])} devices changed twice during one batch"
-                )
-            predictions += again[0]
-            letters += again[1]
-            requests += again[2]
+            more, more_letters, more_requests, still = self._score_and_store(
+                {d: devices[d] for d in conflicts}, origins, now, timings
+            )
+            if still:
+                raise ConflictError(f"state of {len(still)} devices changed twice during one batch")
+            predictions += more
+            letters += more_letters
+            requests += more_requests
         if event_letters:
             self._dead_letter(event_letters)
         letters = event_letters + letters
