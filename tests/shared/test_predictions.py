@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.errors import FieldError, ValidationError
-from shared.predictions import DeviceResult, Prediction, parse_device_result
+from shared.predictions import CORE_FIELDS, DeviceResult, Prediction, parse_device_result
 from shared.readings import Reading
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
@@ -32,6 +32,13 @@ def answer(n: int = 3, **changes: object) -> dict:
     for key, value in changes.items():
         preds[1][key] = value
     return {"device_id": "a", "state": {"seen": n}, "predictions": preds}
+
+
+def columns(raw: dict) -> dict:
+    """The same answer in contract 2's shape: a column per field (null where a row lacks it)."""
+    names = list(dict.fromkeys(name for pred in raw["predictions"] for name in pred))
+    cols = {name: [pred.get(name) for pred in raw["predictions"]] for name in names}
+    return {**raw, "predictions": cols}
 
 
 def prediction(i: int, **fields: object) -> Prediction:
@@ -173,6 +180,70 @@ def test_parse_device_result_keeps_extra_scalar_fields():
 )
 def test_parse_device_result_names_each_bad_field(changes, expected):
     assert [(e.field, e.message) for e in details(answer(**changes))] == expected
+    if set(changes) <= set(CORE_FIELDS):  # the same prediction, sent as columns
+        assert [(e.field, e.message) for e in details(columns(answer(**changes)))] == expected
+
+
+def test_parse_device_result_reads_columns():
+    raw = columns(answer())
+    assert parse_device_result(raw, readings(), "v1", stamps=WIRE) == DeviceResult(
+        "a", {"seen": 3}, [prediction(0), prediction(1), prediction(2)]
+    )
+    assert parse_device_result(raw, readings(), "v1").state_json == '{"seen":3}'
+
+
+def test_parse_device_result_reads_columns_without_the_nullable_ones():
+    raw = columns(answer())
+    for name in ("top_metric", "failure_probability", "maintenance_due"):
+        del raw["predictions"][name]
+    nulls = {"top_metric": None, "failure_probability": None, "maintenance_due": None}
+    assert parse_device_result(raw, readings(), "v1").predictions == [
+        prediction(i, **nulls) for i in range(3)
+    ]
+
+
+def test_parse_device_result_keeps_extra_columns():
+    raw = columns(answer())
+    raw["predictions"]["forecast"] = [1, 2.5, None]
+    result = parse_device_result(raw, readings(), "v1")
+    assert [p.extra for p in result.predictions] == [
+        {"forecast": 1},
+        {"forecast": 2.5},
+        {"forecast": None},
+    ]
+    assert result.predictions[0] == prediction(0, extra={"forecast": 1})
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        (lambda cols: cols.update(anomaly_score=[0.1, 0.2]), ["predictions.anomaly_score"]),
+        (lambda cols: cols.update(is_anomaly=(False,) * 3), ["predictions.is_anomaly"]),
+        (lambda cols: cols.update(extra=None), ["predictions.extra"]),
+        (lambda cols: cols.pop("timestamp"), ["predictions.timestamp"]),
+        (
+            lambda cols: (cols.pop("is_anomaly"), cols.update(top_metric=[])),
+            ["predictions.top_metric", "predictions.is_anomaly"],
+        ),
+    ],
+)
+def test_parse_device_result_names_a_column_of_the_wrong_shape(change, fields):
+    raw = columns(answer())
+    change(raw["predictions"])
+    found = details(raw)
+    assert [e.field for e in found] == fields
+    assert {e.message for e in found} == {"must be an array of 3 values"}
+
+
+def test_parse_device_result_names_each_bad_cell_of_a_column():
+    raw = columns(answer())
+    raw["predictions"]["anomaly_score"] = [0.1, 2.0, None]
+    raw["predictions"]["timestamp"][0] = WIRE[1]
+    assert [(e.field, e.message) for e in details(raw)] == [
+        ("predictions[0].timestamp", "does not match the reading at this position"),
+        ("predictions[1].anomaly_score", "must be a number in [0, 1]"),
+        ("predictions[2].anomaly_score", "must be a number in [0, 1]"),
+    ]
 
 
 def test_parse_device_result_names_a_missing_field_and_a_non_object():
@@ -192,7 +263,15 @@ def test_parse_device_result_names_a_missing_field_and_a_non_object():
         ({**answer(), "device_id": "b"}, ("device_id", "expected 'a'")),
         ({**answer(), "state": None}, ("state", "must be an object")),
         ({**answer(), "state": {"x": math.nan}}, ("state", "must be plain JSON (finite numbers)")),
-        ({**answer(), "predictions": {}}, ("predictions", "must be an array")),
+        (
+            {**answer(), "state": {"x": [None, -math.inf]}},
+            ("state", "must be plain JSON (finite numbers)"),
+        ),
+        ({**answer(), "state": {"x": {1, 2}}}, ("state", "must be plain JSON (finite numbers)")),
+        (
+            {**answer(), "predictions": 7},
+            ("predictions", "must be an object of columns, or an array of predictions"),
+        ),
         (answer(2), ("predictions", "2 predictions for 3 readings")),
     ],
 )
@@ -205,6 +284,19 @@ def test_parse_device_result_returns_a_copy_of_the_state():
     result = parse_device_result(raw, readings(), "v1")
     raw["state"]["seen"] = 99
     assert result.state == {"seen": 3}
+
+
+@pytest.mark.parametrize(
+    ("state", "text"),
+    [
+        ({"x": None, "y": "null"}, '{"x":null,"y":"null"}'),
+        ({"big": 2**70}, '{"big":1180591620717411303424}'),
+        ({1: 0.5}, '{"1":0.5}'),
+    ],
+)
+def test_parse_device_result_keeps_a_state_the_fast_encoder_cannot_judge(state, text):
+    result = parse_device_result({**answer(), "state": state}, readings(), "v1")
+    assert result.state_json == text
 
 
 def test_parse_device_result_checks_answers_against_the_stamps_sent():
@@ -231,6 +323,11 @@ def test_parse_device_result_integer_probabilities_become_floats():
     result = parse_device_result(raw, readings(), "v1")
     assert result.predictions[0] == prediction(0, failure_probability=0.0)
     assert type(result.predictions[0].failure_probability) is float
+
+
+def test_parse_device_result_of_no_readings_in_columns_is_the_state_alone():
+    raw = {"device_id": "a", "state": {"seen": 0}, "predictions": {key: [] for key in CORE_FIELDS}}
+    assert parse_device_result(raw, [], "v1") == DeviceResult("a", {"seen": 0}, [])
 
 
 def test_parse_device_result_of_no_readings_is_the_state_alone():
