@@ -1,11 +1,23 @@
 """AML entry script: ``init()`` and ``run(raw_data)`` for the anomaly model.
 
-``run`` takes the contract's request as a JSON string and returns a JSON-serialisable dict
-(see ``ARCHITECTURE.md``, "AML scoring request/response"). A malformed request gets a 400 whose
-JSON body names the offending field: under the inference server that is an ``AMLResponse``
-(passed through as is), elsewhere a :class:`BadRequest` dict, so this module imports and is
-testable without the server installed. An exception would become a 500, which the pipeline
-treats as transient and retries: wrong for input that will never become valid.
+``run`` takes a scoring request as a JSON string and returns a JSON-serialisable dict (see
+``ARCHITECTURE.md``, "AML scoring request/response"). Two contracts are served, the answer in
+the request's (its ``"contract"``):
+
+* **1**: each device sends ``readings``, an object per reading (``{"timestamp", "metrics":
+  {name: value}}``), and gets ``predictions``, an object per reading.
+* **2** (what the function app sends, :data:`CONTRACT`): the same information in columns.
+  Each device sends ``timestamps`` (one per reading), ``metrics`` (its metric names) and
+  ``values`` (a row per reading, a number or null per metric; null = no value, as a metric
+  missing from a contract-1 reading), and gets ``predictions`` as an object of six lists, one
+  per field. Neither side builds or parses an object per reading, which at a few thousand
+  readings per request is measurable CPU on both; the values are exactly contract 1's.
+
+A malformed request gets a 400 whose JSON body names the offending field: under the inference
+server that is an ``AMLResponse`` (passed through as is), elsewhere a :class:`BadRequest`
+dict, so this module imports and is testable without the server installed. An exception would
+become a 500, which the pipeline treats as transient and retries: wrong for input that will
+never become valid.
 
 The failure predictor (``model.failure``) fills ``failure_probability`` and
 ``maintenance_due`` when its artifact has a predictor for the device's metric set and the
@@ -15,8 +27,9 @@ Devices are scored together (:func:`model.detector.score_devices`), the failure 
 once per metric set rather than once per device, and the per-reading work
 here (timestamps, metric values) avoids per-reading objects where it can: a 2,000-reading
 request spends most of its time in this module, not in numpy. The usual request's readings
-become one array of values and one of times for all its devices (:func:`_uniform_request`);
-states are loaded, scored and dumped a metric set at a time (:mod:`model.state`).
+become one array of values and one of times for all its devices (:func:`_uniform_request`,
+:func:`_columnar_request`); states are loaded, scored and dumped a metric set at a time
+(:mod:`model.state`).
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 import numpy as np
@@ -40,6 +53,7 @@ from model.state import DeviceState, dump_states, load_states
 
 __all__ = [
     "CONTRACT",
+    "CONTRACTS",
     "MODEL_VERSION",
     "BadRequest",
     "RequestError",
@@ -50,7 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONTRACT = 1
+CONTRACT = 2  # what the function app sends
+CONTRACTS = (1, 2)  # what this script answers
 MODEL_VERSION = "fleetscore-anomaly-0.2.0"
 _config = DetectorConfig()
 _failure = FailureModel()  # empty until init(): every failure field null
@@ -146,15 +161,27 @@ def _parse_ms(value: object, where: str, cache: dict[str, int]) -> int:
 _NUMBER = frozenset((int, float))
 
 
+def _check_value(value: object, where: str) -> None:
+    """Raise unless ``value`` is a metric's value: a number (not a bool) or null."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise RequestError(where, "must be a number or null")
+
+
 def _check_metrics(metrics: Mapping[Any, Any], at: str) -> bool:
     """Raise for the first value that is neither a number nor null; whether any is null."""
-    missing = False
     for name, value in metrics.items():
-        if value is None:
-            missing = True
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestError(f"{at}.metrics.{name}", "must be a number or null")
-    return missing
+        _check_value(value, f"{at}.metrics.{name}")
+    return None in metrics.values()
+
+
+def _device_id(device: object, where: str) -> str:
+    """The id of a device of either contract; raise unless it is an object with one."""
+    if not isinstance(device, Mapping):
+        raise RequestError(where, "must be an object")
+    device_id = device.get("device_id")
+    if not isinstance(device_id, str) or not device_id:
+        raise RequestError(f"{where}.device_id", "must be a non-empty string")
+    return device_id
 
 
 _DICT = frozenset((dict,))
@@ -162,16 +189,18 @@ _STR = frozenset((str,))
 _LIST = frozenset((list,))
 
 
-def _uniform_request(
-    devices: list[Any], cache: dict[str, int]
-) -> list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] | None:
+# A device as scoring takes it: id, metric names, times (ms), values (NaN = missing), and the
+# timestamps as sent (echoed in the answer).
+_Parsed = tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]
+
+
+def _uniform_request(devices: list[Any], cache: dict[str, int]) -> list[_Parsed] | None:
     """Every device's :func:`_device_arrays`, in one pass over all readings of the request.
 
-    For the usual request: every device an object with a non-empty string id and a list of
-    readings, each device's readings of the shape :func:`_uniform_arrays` takes. Their values
-    go into one array and their times into another, and each device gets views of its rows:
-    two numpy conversions per request instead of two per device. None for anything else (the
-    per-device path then finds the first problem, in request order, and names it).
+    For the usual contract-1 request: every device an object with a non-empty string id and a
+    list of readings, each device's readings of the shape :func:`_uniform_arrays` takes (see
+    :func:`_split`). None for anything else (the per-device path then finds the first
+    problem, in request order, and names it).
     """
     if not _DICT.issuperset(map(type, devices)):
         return None
@@ -201,18 +230,42 @@ def _uniform_request(
     times = _times(stamps, cache)
     if times is None:
         return None
+    names = [list(keys[e - 1]) if n else [] for e, n in zip(ends, lens, strict=True)]
+    per_stamps = [stamps[e - n : e] for e, n in zip(ends, lens, strict=True)]
     t_all = np.array(times, dtype=np.int64)
     x_all = np.array(values, dtype=float)
-    out: list[tuple[str, list[str], np.ndarray, np.ndarray, list[Any]]] = []
-    v = 0
-    for device_id, e, n in zip(ids, ends, lens, strict=True):
+    return _split(ids, names, lens, per_stamps, t_all, x_all)
+
+
+def _split(
+    ids: list[str],
+    names: list[list[str]],
+    lens: list[int],
+    stamps: list[list[Any]],
+    t_all: np.ndarray,
+    x_all: np.ndarray,
+) -> list[_Parsed]:
+    """Every device's :func:`_device_arrays`, from the request's readings taken together.
+
+    ``t_all`` holds all readings' times, device after device, and ``x_all`` their values, row
+    after row: each device gets views of its ``lens`` rows of ``names`` columns. Two numpy
+    conversions per request instead of two per device.
+    """
+    if len(set(lens)) == 1 and len(set(map(len, names))) == 1 and lens[0]:
+        # The usual request: every device as many readings of as many metrics, in one call.
+        shape = (len(ids), lens[0], len(names[0]))
+        t, x = t_all.reshape(shape[:2]), x_all.reshape(shape)
+        return list(zip(ids, names, t, x, stamps, strict=True))
+    out: list[_Parsed] = []
+    s = v = 0
+    for device_id, device_names, n, device_stamps in zip(ids, names, lens, stamps, strict=True):
         if not n:
             out.append((device_id, [], np.zeros(0, dtype=np.int64), np.zeros((0, 0)), []))
             continue
-        names = list(keys[e - 1])
-        k = len(names)
-        s = e - n
-        out.append((device_id, names, t_all[s:e], x_all[v : v + n * k].reshape(n, k), stamps[s:e]))
+        k = len(device_names)
+        x = x_all[v : v + n * k].reshape(n, k)
+        out.append((device_id, device_names, t_all[s : s + n], x, device_stamps))
+        s += n
         v += n * k
     return out
 
@@ -233,15 +286,13 @@ def _times(stamps: list[str], cache: dict[str, int]) -> list[int] | None:
 
     Each distinct stamp is parsed once: a fleet's devices often share their reading times.
     """
-    times = list(map(cache.get, stamps))
-    if None in times:
+    new = set(stamps).difference(cache)
+    if new:
         try:
-            new = {s for s, ms in zip(stamps, times, strict=True) if ms is None}
             cache.update({s: _parse_ms(s, "", cache) for s in new})
         except RequestError:
             return None
-        times = list(map(cache.__getitem__, stamps))
-    return times
+    return list(map(cache.__getitem__, stamps))
 
 
 def _uniform_arrays(
@@ -331,6 +382,153 @@ def _device_arrays(
     return list(index), t, x, stamps
 
 
+_CELL = frozenset((int, float, type(None)))
+
+
+def _distinct(names: tuple[str, ...]) -> bool:
+    """Whether strings ``names`` can be a contract-2 device's ``metrics``: distinct, non-empty."""
+    return "" not in names and len(set(names)) == len(names)
+
+
+def _columnar_request(devices: list[Any], cache: dict[str, int]) -> list[_Parsed] | None:
+    """Every device of a contract-2 request as scoring takes it, a pass per field of all devices.
+
+    For the usual request: every device an object with a non-empty string id, its
+    ``timestamps``, ``metrics`` and ``values`` lists of the right types and lengths, every
+    stamp a string of the usual shape (:func:`_times`), every value a number or null. None for
+    anything else: :func:`_columnar_device` then finds the first problem and names it.
+    """
+    if not _DICT.issuperset(map(type, devices)):
+        return None
+    ids = [device.get("device_id") for device in devices]
+    stamps = [device.get("timestamps") for device in devices]
+    names = [device.get("metrics") for device in devices]
+    rows = [device.get("values") for device in devices]
+    if (
+        not _STR.issuperset(map(type, ids))
+        or "" in ids
+        or not _LIST.issuperset(map(type, stamps))
+        or not _LIST.issuperset(map(type, names))
+        or not _LIST.issuperset(map(type, rows))
+        or not _STR.issuperset(map(type, chain.from_iterable(names)))
+    ):
+        return None
+    lens = list(map(len, stamps))
+    widths = list(map(len, names))
+    if (
+        lens != list(map(len, rows))
+        or not all(map(_distinct, set(map(tuple, names))))
+        or (0 in widths and any(n and not k for n, k in zip(lens, widths, strict=True)))
+    ):
+        return None
+    all_rows = list(chain.from_iterable(rows))
+    if not _LIST.issuperset(map(type, all_rows)):
+        return None
+    if len(set(widths)) == 1:  # devices of one kind, the usual request
+        if not {widths[0]}.issuperset(map(len, all_rows)):
+            return None
+    elif list(map(len, all_rows)) != list(chain.from_iterable(map(repeat, widths, lens))):
+        return None
+    cells = list(chain.from_iterable(all_rows))
+    all_stamps = list(chain.from_iterable(stamps))
+    if not _CELL.issuperset(map(type, cells)) or not _STR.issuperset(map(type, all_stamps)):
+        return None
+    times = _times(all_stamps, cache)
+    if times is None:
+        return None
+    return _columnar_arrays(ids, names, lens, stamps, times, cells)
+
+
+def _columnar_arrays(
+    ids: list[str],
+    names: list[list[str]],
+    lens: list[int],
+    stamps: list[list[str]],
+    times: list[int],
+    cells: list[float | None],
+) -> list[_Parsed]:
+    """Contract-2 devices, checked, as :func:`_split` makes them.
+
+    A device with nulls is scored as contract 1 scores its readings with those metrics left
+    out: its metrics in order of their first value (a column without one is left out).
+    """
+    x_all = np.array(cells, dtype=float)  # None becomes NaN
+    parsed = _split(ids, names, lens, stamps, np.array(times, dtype=np.int64), x_all)
+    return list(map(_present, parsed)) if np.isnan(x_all).any() else parsed
+
+
+def _present(device: _Parsed) -> _Parsed:
+    """``device`` with the metrics contract 1's readings would name, in the order it would.
+
+    Contract 1 names a device's metrics in order of first non-null value, reading after
+    reading: the columns with a value, by their first row with one, then by position.
+    """
+    device_id, names, t, x, stamps = device
+    seen = ~np.isnan(x)
+    if seen.all():
+        return device
+    cols = np.flatnonzero(seen.any(axis=0))
+    order = cols[np.lexsort((cols, seen.argmax(axis=0)[cols]))]
+    return device_id, [names[c] for c in order.tolist()], t, x[:, order], stamps
+
+
+def _columnar_device(
+    device: Any, where: str, cache: dict[str, int]
+) -> tuple[str, list[str], list[str], list[int], list[list[float | None]]]:
+    """One contract-2 device, checked field by field: id, metrics, stamps, times, rows.
+
+    Raises:
+        RequestError: naming the device's first malformed field.
+    """
+    device_id = _device_id(device, where)
+    stamps = device.get("timestamps")
+    if not isinstance(stamps, list):
+        raise RequestError(f"{where}.timestamps", "must be an array")
+    names = device.get("metrics")
+    if not isinstance(names, list):
+        raise RequestError(f"{where}.metrics", "must be an array")
+    for j, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise RequestError(f"{where}.metrics[{j}]", "must be a non-empty string")
+    if len(set(names)) != len(names):
+        twice = next(name for j, name in enumerate(names) if name in names[:j])
+        raise RequestError(f"{where}.metrics", f"names must be distinct: {twice[:40]!r} repeats")
+    rows = device.get("values")
+    if not isinstance(rows, list):
+        raise RequestError(f"{where}.values", "must be an array")
+    if len(stamps) != len(rows):
+        raise RequestError(
+            f"{where}.timestamps",
+            f"has {len(stamps)} entries but values has {len(rows)}: one each per reading",
+        )
+    if rows and not names:
+        raise RequestError(f"{where}.metrics", "must name at least one metric")
+    k = len(names)
+    times: list[int] = []
+    clean: list[list[float | None]] = []
+    for i, (stamp, row) in enumerate(zip(stamps, rows, strict=True)):
+        times.append(_parse_ms(stamp, f"{where}.timestamps[{i}]", cache))
+        if not isinstance(row, list) or len(row) != k:
+            raise RequestError(f"{where}.values[{i}]", f"must be an array of {k} numbers or nulls")
+        for j, value in enumerate(row):
+            _check_value(value, f"{where}.values[{i}][{j}]")
+        clean.append([None if value is None else float(value) for value in row])
+    return str(device_id), list(map(str, names)), list(map(str, stamps)), times, clean
+
+
+def _columnar_devices(devices: list[Any], cache: dict[str, int]) -> list[_Parsed]:
+    """:func:`_columnar_request` for any request: device by device, naming the first problem."""
+    checked = [_columnar_device(device, f"devices[{d}]", cache) for d, device in enumerate(devices)]
+    return _columnar_arrays(
+        [c[0] for c in checked],
+        [c[1] for c in checked],
+        [len(c[2]) for c in checked],
+        [c[2] for c in checked],
+        [ms for c in checked for ms in c[3]],
+        [value for *_, rows in checked for row in rows for value in row],
+    )
+
+
 def _failure_fields(
     results: list[tuple[DeviceState, DeviceScores]],
 ) -> list[tuple[list[float | None], list[bool | None]]]:
@@ -372,32 +570,32 @@ def _failure_fields(
 def score_request(request: object, config: DetectorConfig | None = None) -> dict[str, Any]:
     """Score a parsed request and return the response (a pure function of its input).
 
+    The answer is in the request's contract: a prediction object per reading for contract 1,
+    a column per field for contract 2.
+
     Raises:
         RequestError: naming the first malformed field.
     """
     cfg = config or _config
     if not isinstance(request, Mapping):
         raise RequestError("$", "must be a JSON object")
-    if request.get("contract") != CONTRACT:
-        raise RequestError("contract", f"must be {CONTRACT}")
+    contract = request.get("contract")
+    if contract not in CONTRACTS:
+        raise RequestError("contract", f"must be {' or '.join(map(str, CONTRACTS))}")
     devices = request.get("devices")
     if not isinstance(devices, list):
         raise RequestError("devices", "must be an array")
     cache: dict[str, int] = {}
-    parsed = _uniform_request(devices, cache)
-    if parsed is None:  # something unusual: find it, device by device
-        parsed = []
-        for d, device in enumerate(devices):
-            where = f"devices[{d}]"
-            if not isinstance(device, Mapping):
-                raise RequestError(where, "must be an object")
-            device_id = device.get("device_id")
-            if not isinstance(device_id, str) or not device_id:
-                raise RequestError(f"{where}.device_id", "must be a non-empty string")
-            names, t_ms, x, stamps = _device_arrays(
-                device.get("readings"), f"{where}.readings", cache
-            )
-            parsed.append((device_id, names, t_ms, x, stamps))
+    if contract == 1:
+        parsed = _uniform_request(devices, cache)
+        if parsed is None:  # something unusual: find it, device by device
+            parsed = _readings_devices(devices, cache)
+        answer = _prediction_rows
+    else:
+        parsed = _columnar_request(devices, cache)
+        if parsed is None:
+            parsed = _columnar_devices(devices, cache)
+        answer = _prediction_columns
     raw_states = [device.get("state") for device in devices]
     states = load_states(raw_states)
     for d, (raw_state, state) in enumerate(zip(raw_states, states, strict=True)):
@@ -418,27 +616,67 @@ def score_request(request: object, config: DetectorConfig | None = None) -> dict
         parsed, results, dumped, failures, strict=True
     ):
         names = [*state.names, None]  # top == -1 (nothing scored) names nothing
-        preds = [
-            {
-                "timestamp": stamp,
-                "anomaly_score": score,
-                "is_anomaly": flag,
-                "top_metric": names[top],
-                "failure_probability": p,
-                "maintenance_due": m,
-            }
-            for stamp, score, flag, top, p, m in zip(
-                stamps,
-                scores.score.tolist(),
-                scores.is_anomaly.tolist(),
-                scores.top.tolist(),
-                prob,
-                due,
-                strict=True,
-            )
-        ]
+        preds = answer(stamps, scores, list(map(names.__getitem__, scores.top.tolist())), prob, due)
         out.append({"device_id": device_id, "state": raw_state, "predictions": preds})
     return {"model_version": MODEL_VERSION, "devices": out}
+
+
+def _readings_devices(devices: list[Any], cache: dict[str, int]) -> list[_Parsed]:
+    """:func:`_uniform_request` for any contract-1 request: device by device, naming a problem."""
+    parsed: list[_Parsed] = []
+    for d, device in enumerate(devices):
+        where = f"devices[{d}]"
+        device_id = _device_id(device, where)
+        names, t_ms, x, stamps = _device_arrays(device.get("readings"), f"{where}.readings", cache)
+        parsed.append((device_id, names, t_ms, x, stamps))
+    return parsed
+
+
+def _prediction_rows(
+    stamps: list[Any],
+    scores: DeviceScores,
+    tops: list[str | None],
+    probs: list[float | None],
+    dues: list[bool | None],
+) -> list[dict[str, Any]]:
+    """Contract 1's ``predictions``: an object per reading."""
+    return [
+        {
+            "timestamp": stamp,
+            "anomaly_score": score,
+            "is_anomaly": flag,
+            "top_metric": top,
+            "failure_probability": p,
+            "maintenance_due": m,
+        }
+        for stamp, score, flag, top, p, m in zip(
+            stamps,
+            scores.score.tolist(),
+            scores.is_anomaly.tolist(),
+            tops,
+            probs,
+            dues,
+            strict=True,
+        )
+    ]
+
+
+def _prediction_columns(
+    stamps: list[Any],
+    scores: DeviceScores,
+    tops: list[str | None],
+    probs: list[float | None],
+    dues: list[bool | None],
+) -> dict[str, list[Any]]:
+    """Contract 2's ``predictions``: a list per field, in reading order."""
+    return {
+        "timestamp": stamps,
+        "anomaly_score": scores.score.tolist(),
+        "is_anomaly": scores.is_anomaly.tolist(),
+        "top_metric": tops,
+        "failure_probability": probs,
+        "maintenance_due": dues,
+    }
 
 
 def _bad_request(field: str, message: str) -> Any:

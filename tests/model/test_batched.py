@@ -27,7 +27,6 @@ from model.detector import (
     trend_feature_names,
 )
 from model.score import (
-    CONTRACT,
     RequestError,
     _device_arrays,
     _epoch_ms,
@@ -581,7 +580,7 @@ def as_request(
     devices = [
         {"device_id": d, "state": states.get(d), "readings": r} for d, r in per_device.items()
     ]
-    return json.loads(json.dumps({"contract": CONTRACT, "devices": devices}))
+    return json.loads(json.dumps({"contract": 1, "devices": devices}))
 
 
 def test_score_request_equals_the_reference_per_device() -> None:
@@ -911,7 +910,7 @@ def mixed_request(seed: int, *, shared_stamps: bool) -> dict[str, Any]:
         ]
         state = [warm[kind], None, {"v": 99}, warm[(kind + 1) % len(kinds)]][int(rng.integers(4))]
         devices.append({"device_id": f"d{d}", "state": state, "readings": readings})
-    return json.loads(json.dumps({"contract": CONTRACT, "devices": devices}))
+    return json.loads(json.dumps({"contract": 1, "devices": devices}))
 
 
 @pytest.mark.parametrize("shared_stamps", [True, False], ids=["shared-stamps", "own-stamps"])
@@ -937,6 +936,266 @@ def test_uniform_request_leaves_odd_devices_to_the_per_device_parser(case: str) 
     assert score._uniform_request(request["devices"], {}) is None
     for device in ({}, {"device_id": ""}, {"device_id": "x", "readings": {}}):
         assert score._uniform_request([*request["devices"][:1], device], {}) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract 2: the same readings in columns get the same answer, in columns.
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = (
+    "timestamp",
+    "anomaly_score",
+    "is_anomaly",
+    "top_metric",
+    "failure_probability",
+    "maintenance_due",
+)
+KINDS = (
+    ["rpm", "temp", "flow", "amps"],
+    ["a", "b"],
+    ["solo"],
+    [f"m{i}" for i in range(MAX_FULL_COV + 1)],
+)
+
+
+def warm_states() -> dict[int, dict[str, Any]]:
+    rng = np.random.default_rng(99)
+    t = np.arange(300, dtype=np.int64) * 240_000
+    return {
+        j: dump_state(score_device(None, names, t, rng.normal(size=(300, len(names))), SHORT)[0])
+        for j, names in enumerate(KINDS)
+    }
+
+
+WARM = warm_states()
+
+
+def columnar_pair(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same random readings as a contract-1 request and as a contract-2 one (both JSON).
+
+    Devices of several kinds, some with their metrics in another order, a metric more or
+    less, none or many readings, nulls (in contract 1 sometimes a null, sometimes a metric
+    left out), whole null columns and rows, shared or own timestamps, repeated ones, ints
+    among the floats; warm, fresh, foreign and other kinds' states.
+    """
+    rng = np.random.default_rng(seed)
+    start = datetime.fromtimestamp(300 * 240, UTC)
+    shared_stamps = seed % 2 == 0
+    one, two = [], []
+    for d in range(int(rng.integers(1, 40))):
+        kind = int(rng.integers(len(KINDS)))
+        names = list(KINDS[kind])
+        if rng.random() < 0.2:
+            names = [names[i] for i in rng.permutation(len(names))]
+        if rng.random() < 0.1:
+            names.append("extra")
+        if rng.random() < 0.1 and len(names) > 1:
+            names.pop(int(rng.integers(len(names))))
+        n = int(rng.choice([0, 1, 2, 10, 10, 10, 30]))
+        offset = 0 if shared_stamps else int(rng.integers(0, 600))
+        stamps = [
+            (start + timedelta(seconds=offset + 10 * i)).isoformat(timespec="milliseconds")
+            for i in range(n)
+        ]
+        if n > 3 and rng.random() < 0.2:
+            stamps[2] = stamps[0]  # a repeat
+            stamps[3] = stamps[3].replace("+00:00", "Z")
+        nulls = float(rng.choice([0.0, 0.0, 0.0, 0.1, 0.5]))
+        rows = [
+            [
+                None
+                if rng.random() < nulls
+                else int(rng.integers(0, 9))
+                if rng.random() < 0.05
+                else float(rng.normal(10.0 * (k + 1), 1.0))
+                for k in range(len(names))
+            ]
+            for _ in range(n)
+        ]
+        if n > 4 and rng.random() < 0.2:
+            for row in rows:
+                row[0] = None  # a metric never sent
+            rows[4] = [None] * len(names)  # a reading of nothing
+        explicit = rng.random() < 0.5  # contract 1: null, or the metric left out
+        readings = [
+            {
+                "timestamp": stamp,
+                "metrics": {
+                    m: v for m, v in zip(names, row, strict=True) if v is not None or explicit
+                },
+            }
+            for stamp, row in zip(stamps, rows, strict=True)
+        ]
+        choice = int(rng.integers(4))
+        state = [WARM[kind], None, {"v": 99}, WARM[(kind + 1) % len(KINDS)]][choice]
+        device_id = f"dev-{d}"
+        one.append({"device_id": device_id, "state": state, "readings": readings})
+        two.append(
+            {
+                "device_id": device_id,
+                "state": state,
+                "timestamps": stamps,
+                "metrics": names if n or rng.random() < 0.5 else [],
+                "values": rows,
+            }
+        )
+    return (
+        json.loads(json.dumps({"contract": 1, "devices": one})),
+        json.loads(json.dumps({"contract": 2, "devices": two})),
+    )
+
+
+def in_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """A contract-1 answer with each device's predictions turned into contract 2's columns."""
+    return {
+        **answer,
+        "devices": [
+            {**device, "predictions": {c: [p[c] for p in device["predictions"]] for c in COLUMNS}}
+            for device in answer["devices"]
+        ],
+    }
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_contract_2_answers_what_contract_1_answers_in_columns(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = columnar_pair(seed)
+    assert score._columnar_request(two["devices"], {}) is not None  # the fast path applies
+    fake = FakeFailure(KINDS[seed % 2])
+    monkeypatch.setattr(score, "_failure", fake)
+    want = json.dumps(in_columns(score_request(one, SHORT_MOVES)))
+    got = score_request(two, SHORT_MOVES)
+    assert json.dumps(got) == want  # the same values, types and order: bools stay bools
+    for device in got["devices"]:
+        assert list(device["predictions"]) == list(COLUMNS)
+    if seed == 0:
+        scored = [p for d in got["devices"] for p in d["predictions"]["anomaly_score"]]
+        assert max(scored) > 0.0  # warm devices were scored, not only learned from
+        probs = [p for d in got["devices"] for p in d["predictions"]["failure_probability"]]
+        assert any(p is not None for p in probs)
+    monkeypatch.setattr(score, "_columnar_request", lambda devices, cache: None)
+    assert json.dumps(score_request(two, SHORT_MOVES)) == want  # and device by device
+
+
+@pytest.mark.parametrize("seed", range(12, 16))
+def test_contract_2_answers_through_run_what_contract_1_answers(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = columnar_pair(seed)
+    monkeypatch.setattr(score, "_config", SHORT_MOVES)
+    monkeypatch.setattr(score, "_failure", FakeFailure(KINDS[0]))
+    want = in_columns(json.loads(json.dumps(score.run(json.dumps(one)))))
+    got = score.run(json.dumps(two).encode())
+    assert json.dumps(got) == json.dumps(want)
+
+
+def test_contract_2_scores_missing_values_as_contract_1_leaves_them_out() -> None:
+    # Contract 1 names a device's metrics in order of first value: a metric null in the first
+    # readings comes after the others, one never sent is not a metric of the device at all.
+    stamps = [f"2026-01-01T00:00:{10 * i:02d}Z" for i in range(5)]
+    rows = [[None, 1.0, None], [2.0, 1.5, None], [2.5, None, None], [3.0, 2.0, None], [None] * 3]
+    two = {
+        "contract": 2,
+        "devices": [
+            {"device_id": "d", "timestamps": stamps, "metrics": ["a", "b", "c"], "values": rows}
+        ],
+    }
+    sent = [{"b": 1.0}, {"a": 2.0, "b": 1.5}, {"a": 2.5}, {"a": 3.0, "b": 2.0}, {}]
+    readings = [{"timestamp": t, "metrics": m} for t, m in zip(stamps, sent, strict=True)]
+    one = {"contract": 1, "devices": [{"device_id": "d", "readings": readings}]}
+    [(_, names, t, x, got_stamps)] = score._columnar_request(two["devices"], {})  # type: ignore[misc]
+    assert names == ["b", "a"]
+    np.testing.assert_array_equal(
+        x, [[1.0, np.nan], [1.5, 2.0], [np.nan, 2.5], [2.0, 3.0], [np.nan, np.nan]]
+    )
+    assert t.tolist() == [ms * 10_000 + 1_767_225_600_000 for ms in range(5)]
+    assert got_stamps == stamps
+    answer = score_request(two, SHORT_MOVES)["devices"][0]
+    assert answer["state"]["metrics"] == ["b", "a"]
+    assert json.dumps(answer) == json.dumps(
+        in_columns(score_request(one, SHORT_MOVES))["devices"][0]
+    )
+
+
+def test_contract_2_device_without_readings_gets_its_state_and_empty_columns() -> None:
+    devices = [
+        {"device_id": "empty", "state": WARM[0], "timestamps": [], "metrics": [], "values": []},
+        {"device_id": "named", "state": None, "timestamps": [], "metrics": ["a"], "values": []},
+    ]
+    out = score.run(json.dumps({"contract": 2, "devices": devices}))
+    assert [d["predictions"] for d in out["devices"]] == [{c: [] for c in COLUMNS}] * 2
+    assert out["devices"][0]["state"] == WARM[0]
+    assert out["devices"][1]["state"]["metrics"] == []
+
+
+def test_contract_2_takes_any_mapping_and_list_like_contract_1() -> None:
+    # Not from JSON: objects that are Mappings but not dicts go device by device.
+    from types import MappingProxyType
+
+    one, two = columnar_pair(3)
+    odd = {**two, "devices": [MappingProxyType(d) for d in two["devices"]]}
+    assert score._columnar_request(odd["devices"], {}) is None
+    assert json.dumps(score_request(odd, SHORT_MOVES)) == json.dumps(
+        in_columns(score_request(one, SHORT_MOVES))
+    )
+
+
+def odd_columns(case: str) -> dict[str, Any]:
+    device: dict[str, Any] = {
+        "device_id": "odd",
+        "timestamps": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z"],
+        "metrics": ["a", "b"],
+        "values": [[1.0, 2.0], [3.0, None]],
+    }
+    changes: dict[str, tuple[str, Any]] = {
+        "not-an-object": ("", None),
+        "no-id": ("device_id", None),
+        "empty-id": ("device_id", ""),
+        "stamps-not-a-list": ("timestamps", "2026-01-01T00:00:00Z"),
+        "bad-stamp": ("timestamps", ["2026-01-01T00:00:00Z", "2026-01-01T00:00:10"]),
+        "stamp-not-a-string": ("timestamps", ["2026-01-01T00:00:00Z", 5]),
+        "short-stamps": ("timestamps", ["2026-01-01T00:00:00Z"]),
+        "metrics-not-a-list": ("metrics", {"a": 0, "b": 1}),
+        "metric-not-a-string": ("metrics", ["a", 2]),
+        "metric-a-list": ("metrics", ["a", ["b"]]),
+        "empty-metric": ("metrics", ["a", ""]),
+        "repeated-metric": ("metrics", ["a", "a"]),
+        "no-metrics": ("metrics", []),
+        "values-not-a-list": ("values", {"0": [1.0, 2.0]}),
+        "row-not-a-list": ("values", [[1.0, 2.0], {"a": 3.0}]),
+        "short-row": ("values", [[1.0, 2.0], [3.0]]),
+        "long-row": ("values", [[1.0, 2.0], [3.0, 4.0, 5.0]]),
+        "string-value": ("values", [[1.0, "2.0"], [3.0, 4.0]]),
+        "bool-value": ("values", [[1.0, 2.0], [True, 4.0]]),
+        "list-value": ("values", [[1.0, [2.0]], [3.0, 4.0]]),
+    }
+    key, value = changes[case]
+    if not key:
+        return value
+    if value is None:
+        del device[key]
+    else:
+        device[key] = value
+    return device
+
+
+ODD_COLUMNS = [
+    "not-an-object", "no-id", "empty-id", "stamps-not-a-list", "bad-stamp", "stamp-not-a-string",
+    "short-stamps", "metrics-not-a-list", "metric-not-a-string", "metric-a-list", "empty-metric",
+    "repeated-metric", "no-metrics", "values-not-a-list", "row-not-a-list", "short-row",
+    "long-row", "string-value", "bool-value", "list-value",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ODD_COLUMNS)
+def test_columnar_request_leaves_odd_devices_to_the_per_device_parser(case: str) -> None:
+    _, two = columnar_pair(0)
+    devices = [*two["devices"][:2], odd_columns(case)]
+    assert score._columnar_request(devices, {}) is None
+    with pytest.raises(RequestError) as caught:
+        score._columnar_devices(devices, {})
+    assert caught.value.field.startswith("devices[2]")
 
 
 # ---------------------------------------------------------------------------------------------

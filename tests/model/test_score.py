@@ -14,7 +14,7 @@ import pytest
 
 from model import score
 from model.detector import DetectorConfig
-from model.score import CONTRACT, MODEL_VERSION, BadRequest, init, run, score_request
+from model.score import MODEL_VERSION, BadRequest, init, run, score_request
 from model.state import load_state
 from shared.predictions import MAX_STATE_CHARS, parse_device_result
 from shared.readings import validate_reading
@@ -40,7 +40,7 @@ def request(per_device: dict[str, list[dict[str, Any]]], states: dict | None = N
         {"device_id": d, "state": states.get(d), "readings": readings}
         for d, readings in per_device.items()
     ]
-    return json.dumps({"contract": CONTRACT, "devices": devices})
+    return json.dumps({"contract": 1, "devices": devices})
 
 
 def test_run_answers_one_prediction_per_reading_in_order() -> None:
@@ -152,7 +152,7 @@ def test_run_starts_fresh_on_a_foreign_state_and_answers_an_empty_device() -> No
         ("not json", "$"),
         ([], "$"),
         ({"devices": []}, "contract"),
-        ({"contract": 2, "devices": []}, "contract"),
+        ({"contract": 3, "devices": []}, "contract"),
         ({"contract": 1}, "devices"),
         ({"contract": 1, "devices": [3]}, "devices[0]"),
         ({"contract": 1, "devices": [{"readings": []}]}, "devices[0].device_id"),
@@ -264,6 +264,111 @@ def test_run_answer_is_serialized_by_the_script_under_the_inference_server(
     assert json.loads(body) == run(raw)  # the same answer as the dict run() returns elsewhere
 
 
+STAMPS_2 = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z", "2026-01-01T00:00:20Z"]
+
+
+def columnar(**change: Any) -> str:
+    """A contract-2 request: three good devices, then ``devices[3]`` with ``change`` made."""
+    good = {
+        "state": None,
+        "timestamps": STAMPS_2,
+        "metrics": ["a", "b"],
+        "values": [[1.0, 2.0], [1.5, None], [2, 2.5]],
+    }
+    devices = [{"device_id": f"d{d}", **good} for d in range(4)]
+    for key, value in change.items():
+        if value is None:
+            del devices[3][key]
+        else:
+            devices[3][key] = value
+    return json.dumps({"contract": 2, "devices": devices})
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ('{"contract": 3, "devices": []}', "contract", "must be 1 or 2"),
+        ('{"contract": "2", "devices": []}', "contract", "must be 1 or 2"),
+        ('{"contract": 2}', "devices", "array"),
+        ('{"contract": 2, "devices": [[]]}', "devices[0]", "object"),
+        (columnar(device_id=None), "devices[3].device_id", "string"),
+        (columnar(device_id=7), "devices[3].device_id", "string"),
+        (columnar(timestamps=None), "devices[3].timestamps", "array"),
+        (columnar(timestamps="2026-01-01T00:00:00Z"), "devices[3].timestamps", "array"),
+        (columnar(metrics=None), "devices[3].metrics", "array"),
+        (columnar(metrics={"a": 0, "b": 1}), "devices[3].metrics", "array"),
+        (columnar(metrics=["a", 2]), "devices[3].metrics[1]", "string"),
+        (columnar(metrics=[["a"], "b"]), "devices[3].metrics[0]", "string"),
+        (columnar(metrics=["a", ""]), "devices[3].metrics[1]", "non-empty"),
+        (columnar(metrics=["a", "a"]), "devices[3].metrics", "distinct"),
+        (columnar(metrics=[], values=[[], [], []]), "devices[3].metrics", "at least one"),
+        (columnar(values=None), "devices[3].values", "array"),
+        (columnar(values={"0": [1.0, 2.0]}), "devices[3].values", "array"),
+        (columnar(timestamps=STAMPS_2[:2]), "devices[3].timestamps", "2 entries but values has 3"),
+        (columnar(values=[[1.0, 2.0]] * 4), "devices[3].timestamps", "3 entries but values has 4"),
+        (columnar(timestamps=[*STAMPS_2[:2], "yesterday"]), "devices[3].timestamps[2]", "ISO"),
+        (
+            columnar(timestamps=[STAMPS_2[0], "2026-01-01T00:00:10", STAMPS_2[2]]),
+            "devices[3].timestamps[1]",
+            "offset",
+        ),
+        (columnar(timestamps=[STAMPS_2[0], 5, STAMPS_2[2]]), "devices[3].timestamps[1]", "ISO"),
+        (columnar(values=[[1.0, 2.0], {"a": 1.0}, [2.0, 3.0]]), "devices[3].values[1]", "array"),
+        (columnar(values=[[1.0, 2.0], [1.0], [2.0, 3.0]]), "devices[3].values[1]", "2 numbers"),
+        (columnar(values=[[1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0]]), "devices[3].values[1]", "2"),
+        (columnar(values=[[1.0, 2.0], [1.0, 2.0], [2.0, "3"]]), "devices[3].values[2][1]", "num"),
+        (columnar(values=[[1.0, 2.0], [True, 2.0], [2.0, 3.0]]), "devices[3].values[1][0]", "num"),
+        (columnar(values=[[1.0, [2.0]], [1.0, 2.0], [2.0, 3.0]]), "devices[3].values[0][1]", "num"),
+        (columnar(values=[[1.0, {}], [1.0, 2.0], [2.0, 3.0]]), "devices[3].values[0][1]", "num"),
+        # The first problem in reading order: a value of reading 1 before a stamp of reading 2.
+        (
+            columnar(
+                timestamps=[*STAMPS_2[:2], "nope"], values=[[1.0, 2.0], [1.0, "x"], [2.0, 3.0]]
+            ),
+            "devices[3].values[1][1]",
+            "number or null",
+        ),
+        # A contract-1 device sent as contract 2.
+        (
+            '{"contract": 2, "devices": [{"device_id": "d", "readings": []}]}',
+            "devices[0].timestamps",
+            "array",
+        ),
+    ],
+)
+def test_run_bad_contract_2_request_names_the_field(body: str, field: str, says: str) -> None:
+    out = run(body)
+    assert isinstance(out, BadRequest)
+    assert out.status_code == 400
+    assert out == {"error": out["error"], "field": field}
+    assert says in out["error"]
+    json.dumps(out)
+
+
+def test_run_contract_2_request_of_good_devices_is_scored() -> None:
+    # The bad requests above are one change away from this one.
+    out = run(columnar())
+    assert [d["device_id"] for d in out["devices"]] == ["d0", "d1", "d2", "d3"]
+    for device in out["devices"]:
+        assert device["predictions"]["timestamp"] == STAMPS_2
+        assert device["predictions"]["is_anomaly"] == [False] * 3
+
+
+def test_run_contract_2_answer_is_serialized_by_the_script_under_the_inference_server(
+    under_inference_server: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    out = run(columnar().encode())
+    assert isinstance(out, FakeAMLResponse)
+    [(body, status, headers, json_str)] = under_inference_server
+    assert (status, headers, json_str) == (200, {"Content-Type": "application/json"}, False)
+    monkeypatch.delitem(sys.modules, "azureml.contrib.services.aml_response")
+    assert json.loads(body) == run(columnar())
+    out = run(columnar(metrics=["a", "a"]))
+    assert out == {"error": "names must be distinct: 'a' repeats", "field": "devices[3].metrics"}
+
+
 def test_score_request_devices_sharing_metrics_get_the_failure_fields_they_get_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -290,7 +395,7 @@ def test_score_request_devices_sharing_metrics_get_the_failure_fields_they_get_a
 
         warm = score_request(
             {
-                "contract": CONTRACT,
+                "contract": 1,
                 "devices": [{"device_id": "w", "state": None, "readings": readings(0, 500)}],
             }
         )["devices"][0]["state"]
@@ -306,10 +411,9 @@ def test_score_request_devices_sharing_metrics_get_the_failure_fields_they_get_a
             {"timestamp": r["timestamp"], "metrics": dict(reversed(r["metrics"].items()))}
             for r in readings(500, 12)
         ]})  # fmt: skip
-        together = score_request({"contract": CONTRACT, "devices": devices})["devices"]
+        together = score_request({"contract": 1, "devices": devices})["devices"]
         alone = [
-            score_request({"contract": CONTRACT, "devices": [device]})["devices"][0]
-            for device in devices
+            score_request({"contract": 1, "devices": [device]})["devices"][0] for device in devices
         ]
     finally:
         monkeypatch.delenv("AZUREML_MODEL_DIR")

@@ -17,7 +17,7 @@ import requests
 
 from model.detector import DetectorConfig
 from model.failure import ARTIFACT_NAME
-from model.score import CONTRACT, MODEL_VERSION
+from model.score import MODEL_VERSION
 from shared.microbatch import MicroBatcher, build_body, chunk_device
 from shared.predictions import parse_device_result
 from shared.readings import Reading
@@ -55,7 +55,7 @@ def test_score_two_devices_answers_contract_shape(server: str) -> None:
         "fan-2": [{"timestamp": stamp(i), "metrics": {"vibration": 0.2}} for i in range(3)],
     }
     body = {
-        "contract": CONTRACT,
+        "contract": 1,
         "devices": [{"device_id": d, "state": None, "readings": rs} for d, rs in sent.items()],
     }
     resp = post(server, json.dumps(body))
@@ -79,6 +79,74 @@ def test_score_two_devices_answers_contract_shape(server: str) -> None:
             assert 0.0 <= p["anomaly_score"] <= 1.0
             assert isinstance(p["is_anomaly"], bool)
             assert all(p[f] is None for f in FAILURE_FIELDS)
+
+
+def test_score_contract_2_answers_in_columns_what_contract_1_answers(server: str) -> None:
+    metrics = ["rpm", "temp"]
+    values = {
+        "pump-1": [[1500.0 + i, 60.0] for i in range(5)],
+        "pump-2": [[1500.0, None], [None, 61.0], [1502, 61.5]],  # nulls: no value sent
+        "idle-3": [],
+    }
+    columns = {
+        "contract": 2,
+        "devices": [
+            {
+                "device_id": d,
+                "state": None,
+                "timestamps": [stamp(i) for i in range(len(rows))],
+                "metrics": metrics if rows else [],
+                "values": rows,
+            }
+            for d, rows in values.items()
+        ],
+    }
+    readings = {
+        "contract": 1,
+        "devices": [
+            {
+                "device_id": d,
+                "state": None,
+                "readings": [
+                    {
+                        "timestamp": stamp(i),
+                        "metrics": {
+                            m: v for m, v in zip(metrics, row, strict=True) if v is not None
+                        },
+                    }
+                    for i, row in enumerate(rows)
+                ],
+            }
+            for d, rows in values.items()
+        ],
+    }
+    resp = post(server, json.dumps(columns))
+    assert resp.status_code == 200, resp.text[:500]
+    assert resp.headers["Content-Type"].startswith("application/json")
+    doc = resp.json()
+    want = post(server, json.dumps(readings)).json()
+    assert doc["model_version"] == want["model_version"] == MODEL_VERSION
+    assert [d["device_id"] for d in doc["devices"]] == list(values)
+    for got, one in zip(doc["devices"], want["devices"], strict=True):
+        assert got["state"] == one["state"]
+        preds = got["predictions"]
+        assert list(preds) == [
+            "timestamp",
+            "anomaly_score",
+            "is_anomaly",
+            "top_metric",
+            *FAILURE_FIELDS,
+        ]
+        assert preds == {f: [p[f] for p in one["predictions"]] for f in preds}
+    assert doc["devices"][0]["predictions"]["timestamp"] == [stamp(i) for i in range(5)]
+    assert doc["devices"][2]["predictions"]["anomaly_score"] == []
+    bad = {**columns, "devices": [{**columns["devices"][0], "metrics": ["rpm", "rpm"]}]}
+    resp = post(server, json.dumps(bad))
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "names must be distinct: 'rpm' repeats",
+        "field": "devices[0].metrics",
+    }
 
 
 @pytest.mark.parametrize(
@@ -177,7 +245,7 @@ def test_served_with_the_trained_artifact_a_warm_pump_gets_a_failure_probability
     ]
     body = json.dumps(
         {
-            "contract": CONTRACT,
+            "contract": 1,
             "devices": [{"device_id": "pump-0001", "state": None, "readings": readings}],
         }
     )

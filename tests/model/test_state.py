@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.detector import DetectorConfig, score_device, score_devices
-from model.score import CONTRACT, run
+from model.score import run
 from model.state import (
     _ARRAYS,
     MAX_FULL_COV,
@@ -219,7 +219,7 @@ def test_run_scores_a_device_with_a_corrupt_state_from_a_fresh_baseline(
     good = through_json(dump_state(warm))
     bad = {**good, "x": good["x"][:-8]}
     body = {
-        "contract": CONTRACT,
+        "contract": 1,
         "devices": [
             {"device_id": "bad", "state": bad, "readings": readings},
             {"device_id": "none", "state": None, "readings": readings},
