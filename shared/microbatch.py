@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -38,9 +39,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONTRACT_VERSION = 1
-# Bytes of envelope around each device's readings: {"device_id":..,"state":..,"readings":[..]},
-_DEVICE_OVERHEAD = 64
+CONTRACT_VERSION = 2
+# Bytes of envelope around each device's columns: {"device_id":..,"state":..,},
+_DEVICE_OVERHEAD = 32
 _REQUEST_OVERHEAD = 32
 
 
@@ -58,15 +59,35 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+def _matrix(readings: Sequence[Reading]) -> tuple[list[str], list[list[float | None]]]:
+    """Contract 2's ``metrics`` and ``values`` of a device's readings: names, and a row each.
+
+    The usual device sends the same metrics in the same order every time: its rows are its
+    readings' values as they are. Otherwise the names are every metric in order of first
+    appearance, and a reading without one has null there.
+    """
+    metrics = [r.metrics for r in readings]
+    if len(set(map(tuple, metrics))) == 1:
+        return list(metrics[0]), list(map(list, map(dict.values, metrics)))
+    names = list(dict.fromkeys(chain.from_iterable(metrics)))
+    return names, [[m.get(name) for name in names] for m in metrics]
+
+
+def _columns_json(stamps: Sequence[str], readings: Sequence[Reading]) -> str:
+    """``"timestamps":[..],"metrics":[..],"values":[[..],..]``: a device's readings, in columns."""
+    names, values = _matrix(readings)
+    return _json({"timestamps": stamps, "metrics": names, "values": values})[1:-1]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceChunk:
-    """Consecutive readings of one device, pre-encoded as the request's `readings` array."""
+    """Consecutive readings of one device, pre-encoded as the request's columns."""
 
     device_id: str
     readings: list[Reading]
-    readings_json: str  # `[{"timestamp":..,"metrics":{..}},..]`, as `Reading.to_json` has it
+    columns_json: str  # `"timestamps":[..],"metrics":[..],"values":[[..],..]`, see `_columns_json`
     stamps: list[str]  # each reading's timestamp as sent, to check the answer against
-    size: int  # bytes of the readings' JSON plus a comma each (the array's brackets and commas)
+    size: int  # bytes of `columns_json`
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,29 +117,47 @@ def _wire_time(ts: datetime) -> str:
     return format_timestamp(ts)
 
 
+# Wire forms of reading times already written: a fleet's devices share their reading times. The
+# form depends on the instant alone, and equal datetimes are the same instant, whatever offset.
+_STAMPS: dict[datetime, str] = {}
+
+
+def _wire_times(readings: Sequence[Reading]) -> list[str]:
+    """Each reading's `_wire_time`, a dict lookup for a time written before (1 µs -> 0.08)."""
+    times = [r.timestamp for r in readings]
+    stamps = list(map(_STAMPS.get, times))
+    if None in stamps:
+        if len(_STAMPS) > 100_000:
+            _STAMPS.clear()
+        for i, (ts, stamp) in enumerate(zip(times, stamps, strict=True)):
+            if stamp is None:
+                stamps[i] = _STAMPS[ts] = _wire_time(ts)
+    return stamps  # type: ignore[return-value]
+
+
 def next_chunk(
     device_id: str, readings: Sequence[Reading], start: int, *, max_rows: int, max_bytes: int
 ) -> DeviceChunk:
     """The longest run from `start` that fits a request with this device alone (at least one)."""
     budget = max_bytes - _REQUEST_OVERHEAD - _DEVICE_OVERHEAD - len(device_id)
     rows = list(readings[start : start + max_rows])
-    stamps = [_wire_time(r.timestamp) for r in rows]
+    stamps = _wire_times(rows)
     # Usually the whole run fits: encode it in one call, and cut reading by reading only if not.
-    text = _json(
-        [{"timestamp": t, "metrics": r.metrics} for t, r in zip(stamps, rows, strict=True)]
-    )
-    if _size(text) - 1 <= budget:
-        return DeviceChunk(device_id, rows, text, stamps, _size(text) - 1)
-    frags: list[str] = []
-    size = 0
-    for stamp, reading in zip(stamps, rows, strict=True):
-        frag = _json({"timestamp": stamp, "metrics": reading.metrics})
-        if frags and size + _size(frag) + 1 > budget:
+    text = _columns_json(stamps, rows)
+    if _size(text) <= budget:
+        return DeviceChunk(device_id, rows, text, stamps, _size(text))
+    # Each reading costs its stamp and its row, commas included, with every name of the run;
+    # the first n readings then take at most that (their names can only be fewer).
+    names, values = _matrix(rows)
+    size = len('"timestamps":[],"metrics":,"values":[]') + _size(_json(names))
+    n = 0
+    for stamp, row in zip(stamps, values, strict=True):
+        size += _size(_json(stamp)) + _size(_json(row)) + 2
+        if n and size > budget:
             break
-        frags.append(frag)
-        size += _size(frag) + 1
-    n = len(frags)
-    return DeviceChunk(device_id, rows[:n], "[" + ",".join(frags) + "]", stamps[:n], size)
+        n += 1
+    text = _columns_json(stamps[:n], rows[:n])
+    return DeviceChunk(device_id, rows[:n], text, stamps[:n], _size(text))
 
 
 def chunk_device(
@@ -173,11 +212,11 @@ def build_body(chunks: Sequence[DeviceChunk], states: Mapping[str, str]) -> byte
             + json.dumps(chunk.device_id)
             + ',"state":'
             + states.get(chunk.device_id, "null")
-            + ',"readings":'
-            + chunk.readings_json
+            + ","
+            + chunk.columns_json
             + "}"
         )
-    return ('{"contract":1,"devices":[' + ",".join(parts) + "]}").encode()
+    return f'{{"contract":{CONTRACT_VERSION},"devices":[{",".join(parts)}]}}'.encode()
 
 
 class MicroBatcher:

@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 _Answer = tuple[int, list[tuple[str, str]], bytes]
 _REFUSE: Literal["refuse"] = "refuse"
 
+
+def _stamps(device: dict[str, Any]) -> list[str]:
+    """A scoring request's device's reading times as sent: contract 2's column, or contract 1's."""
+    if "timestamps" in device:
+        return list(device["timestamps"])
+    return [r["timestamp"] for r in device["readings"]]
+
+
 # Hop-by-hop headers belong to one connection; Content-Length is recomputed; send_response
 # writes its own Server and Date, so the upstream's would be duplicates.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te"}
@@ -325,7 +333,7 @@ class FaultProxy:
             return
         try:
             devices = json.loads(body).get("devices") or []
-            keys = [(d["device_id"], r["timestamp"]) for d in devices for r in d["readings"]]
+            keys = [(d["device_id"], stamp) for d in devices for stamp in _stamps(d)]
         except (ValueError, AttributeError, KeyError, TypeError):
             return  # not a request this pipeline sends: nothing to count
         with self._lock:

@@ -294,9 +294,11 @@ def test_faultproxy_counts_each_reading_it_saw_scored(proxy, session):
     ).encode()
     assert session.post(proxy.score_url, data=body).status_code == 200
     assert session.post(proxy.score_url, data=body).status_code == 200
+    columns = {"contract": 2, "devices": [{"device_id": "a", "timestamps": ["t2", "t3"]}]}
+    assert session.post(proxy.score_url, data=json.dumps(columns).encode()).status_code == 200
     proxy.flaky(share_503=1.0, share_429=0.0)
     assert session.post(proxy.score_url, data=body).status_code == 503  # not scored
-    assert proxy.scored() == {("a", "t1"): 2, ("a", "t2"): 2, ("b", "t1"): 2}
+    assert proxy.scored() == {("a", "t1"): 2, ("a", "t2"): 3, ("a", "t3"): 1, ("b", "t1"): 2}
 
 
 def test_faultproxy_hold_keeps_a_scoring_call_in_flight_then_forwards_it(proxy, session):

@@ -9,9 +9,9 @@ import pytest
 
 from shared.errors import TransientError
 from shared.microbatch import MicroBatcher, build_body, chunk_device, pack_requests
-from shared.readings import Reading
+from shared.readings import Reading, format_timestamp
 from shared.scoring import AmlClient, EndpointConfigError
-from tests.support.aml_standin import KEY
+from tests.support.aml_standin import KEY, readings_of
 from tests.support.waiting import wait_until
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
@@ -67,8 +67,8 @@ def test_chunk_device_respects_rows_and_bytes():
     assert [r for c in by_bytes for r in c.readings] == rs
 
 
-@pytest.mark.parametrize("max_bytes", [1 << 20, 300])
-def test_chunk_device_encodes_readings_as_reading_to_json_does(max_bytes):
+@pytest.mark.parametrize("max_bytes", [1 << 20, 200])
+def test_chunk_device_encodes_readings_in_columns(max_bytes):
     ts = [
         datetime(2026, 11, 27, 6, 0, tzinfo=UTC),
         datetime(2026, 11, 27, 6, 0, 0, 7000, tzinfo=UTC),
@@ -77,7 +77,8 @@ def test_chunk_device_encodes_readings_as_reading_to_json_does(max_bytes):
     ]
     rs = [Reading("a", t, {"rpm": 1500.5, "temp_c": 40 + i}) for i, t in enumerate(ts)]
     chunks = chunk_device("a", rs, max_rows=10, max_bytes=max_bytes)
-    assert [json.loads(c.readings_json) for c in chunks] == [
+    sent = [json.loads("{" + c.columns_json + "}") for c in chunks]
+    assert [readings_of(device) for device in sent] == [
         [r.to_json() for r in c.readings] for c in chunks
     ]
     assert [s for c in chunks for s in c.stamps] == [
@@ -86,8 +87,31 @@ def test_chunk_device_encodes_readings_as_reading_to_json_does(max_bytes):
         "2026-11-27T06:00:00.123Z",
         "999-01-02T03:04:05.999Z",
     ]
-    assert [c.size for c in chunks] == [len(c.readings_json) - 1 for c in chunks]
-    assert len(chunks) == (1 if max_bytes > 300 else 2)
+    assert [device["timestamps"] for device in sent] == [c.stamps for c in chunks]
+    assert [c.size for c in chunks] == [len(c.columns_json) for c in chunks]
+    assert len(chunks) == (1 if max_bytes > 200 else 2)
+
+
+def test_chunk_device_writes_an_instant_alike_whatever_its_offset_and_however_often():
+    utc = datetime(2026, 11, 27, 6, 0, 0, 123000, tzinfo=UTC)
+    plus2 = utc.astimezone(timezone(timedelta(hours=2)))
+    for ts in (plus2, utc, plus2, utc + timedelta(microseconds=1000)):
+        [chunk] = chunk_device("a", [Reading("a", ts, {"rpm": 1.0})], max_rows=1, max_bytes=1 << 20)
+        assert chunk.stamps == [format_timestamp(ts)]
+    assert format_timestamp(plus2) == "2026-11-27T06:00:00.123Z"
+
+
+def test_chunk_device_names_every_metric_and_sends_null_for_one_a_reading_lacks():
+    rs = [
+        Reading("a", T0, {"rpm": 1.0, "temp_c": 2.0}),
+        Reading("a", T0 + timedelta(seconds=10), {"temp_c": 3.0, "rpm": 4.0}),
+        Reading("a", T0 + timedelta(seconds=20), {"flow": 5.0}),
+    ]
+    [chunk] = chunk_device("a", rs, max_rows=10, max_bytes=1 << 20)
+    sent = json.loads("{" + chunk.columns_json + "}")
+    assert sent["metrics"] == ["rpm", "temp_c", "flow"]
+    assert sent["values"] == [[1.0, 2.0, None], [4.0, 3.0, None], [None, None, 5.0]]
+    assert readings_of(sent) == [r.to_json() for r in rs]
 
 
 def test_pack_requests_keeps_each_request_within_limits():
@@ -103,12 +127,14 @@ def test_pack_requests_keeps_each_request_within_limits():
 def test_build_body_is_the_scoring_contract():
     [chunk] = chunk_device("a", readings("a", 1), max_rows=10, max_bytes=1 << 20)
     assert json.loads(build_body([chunk], {"a": '{"seen":3}'})) == {
-        "contract": 1,
+        "contract": 2,
         "devices": [
             {
                 "device_id": "a",
                 "state": {"seen": 3},
-                "readings": [{"timestamp": "2026-11-27T06:00:00.000Z", "metrics": {"rpm": 1500.0}}],
+                "timestamps": ["2026-11-27T06:00:00.000Z"],
+                "metrics": ["rpm"],
+                "values": [[1500.0]],
             }
         ],
     }
@@ -122,7 +148,9 @@ def test_score_every_device_in_exactly_one_request_per_round(aml, make_batcher):
     assert all(len(outcome.results[d].predictions) == 7 for d in devices)
     seen = [d["device_id"] for req in aml.record.requests for d in req["devices"]]
     assert sorted(seen) == sorted(devices)  # no device twice
-    assert all(sum(len(d["readings"]) for d in req["devices"]) <= 50 for req in aml.record.requests)
+    assert all(
+        sum(len(readings_of(d)) for d in req["devices"]) <= 50 for req in aml.record.requests
+    )
     assert outcome.model_version == "toy-1"
 
 
@@ -164,9 +192,8 @@ def test_score_rejects_a_device_the_model_answers_wrongly(aml, make_batcher):
     aml.script.model = model
     outcome = make_batcher().score({"liar": readings("liar", 3), "ok": readings("ok", 3)}, {})
     assert [r.device_id for r in outcome.rejected] == ["liar"]
-    assert (
-        outcome.rejected[0].reason
-        == "invalid model response: predictions: 2 predictions for 3 readings"
+    assert outcome.rejected[0].reason.startswith(
+        "invalid model response: predictions.timestamp: must be an array of 3 values; "
     )
     assert list(outcome.results) == ["ok"]
 
@@ -210,8 +237,8 @@ def test_score_keeps_requests_within_max_bytes_when_the_state_grows(aml, make_ba
 
     aml.script.model = model
     batcher = make_batcher(max_bytes=8192)
-    outcome = batcher.score({"a": readings("a", 300)}, {"a": None})
-    assert len(outcome.results["a"].predictions) == 300
+    outcome = batcher.score({"a": readings("a", 600)}, {"a": None})
+    assert len(outcome.results["a"].predictions) == 600
     sizes = [len(json.dumps(req, separators=(",", ":"))) for req in aml.record.requests]
     assert len(sizes) > 2
     assert max(sizes) <= 8192
@@ -248,7 +275,7 @@ def test_a_big_round_is_spread_over_the_workers_in_requests_of_about_equal_rows(
     )
     assert sorted(outcome.results) == sorted(devices)
     assert outcome.requests == 4
-    sizes = [sum(len(d["readings"]) for d in req["devices"]) for req in aml.record.requests]
+    sizes = [sum(len(readings_of(d)) for d in req["devices"]) for req in aml.record.requests]
     assert sorted(sizes) == [500, 500, 500, 500]
     seen = [d["device_id"] for req in aml.record.requests for d in req["devices"]]
     assert sorted(seen) == sorted(devices)  # every device once
@@ -264,12 +291,12 @@ def test_chunk_sizes_count_utf8_bytes_of_non_ascii_metric_names():
     name = "température_" + "é" * 20
     rs = readings("a", 3, **{name: 1.5})
     [chunk] = chunk_device("a", rs, max_rows=10, max_bytes=1 << 20)
-    assert not chunk.readings_json.isascii()
-    assert chunk.size == len(chunk.readings_json.encode()) - 1
+    assert not chunk.columns_json.isascii()
+    assert chunk.size == len(chunk.columns_json.encode())
     [one] = chunk_device("a", rs[:1], max_rows=10, max_bytes=1 << 20)
-    frag_bytes = len(one.readings_json.encode()) - 2  # without the brackets
-    assert len(one.readings_json) - 2 < frag_bytes - 20  # far fewer characters than bytes
-    # Room for two readings counted in characters, for one counted in bytes.
-    budget = 2 * (frag_bytes + 1) - 1
-    chunks = chunk_device("a", rs, max_rows=10, max_bytes=budget + 32 + 64 + 1)
-    assert [len(c.readings) for c in chunks] == [1, 1, 1]
+    [two] = chunk_device("a", rs[:2], max_rows=10, max_bytes=1 << 20)
+    assert len(one.columns_json) < one.size - 20  # far fewer characters than bytes
+    # Room for two readings counted in bytes (with a byte to spare for the commas): not three.
+    chunks = chunk_device("a", rs, max_rows=10, max_bytes=two.size + 2 + 32 + 32 + 1)
+    assert [len(c.readings) for c in chunks] == [2, 1]
+    assert all(len(build_body([c], {})) <= two.size + 2 + 32 + 32 + 1 for c in chunks)

@@ -207,7 +207,7 @@ def test_pipeline_carries_state_across_batches_in_time_order(aml, make_pipeline,
         {"a": readings("a", 3, start=3) + readings("a", 3)}
     )  # out of order inside
     pipeline.process(late_first, now=NOW)
-    assert [r["timestamp"] for r in aml.record.requests[0]["devices"][0]["readings"]] == [
+    assert aml.record.requests[0]["devices"][0]["timestamps"] == [
         f"2026-11-27T06:00:{10 * i:02d}.000Z" for i in range(6)
     ]
     pipeline.process(events_for({"a": readings("a", 2, start=6)}), now=NOW)

@@ -1,6 +1,6 @@
 """An AML online endpoint stand-in at the HTTP level, for scoring-client tests.
 
-It speaks the scoring contract with a trivial model (anomaly when any metric exceeds 100,
+It speaks the scoring contract (1 or 2, answering in the request's) with a trivial model (anomaly when any metric exceeds 100,
 state counts readings) and can be told to answer like AML does under trouble: 429 with
 `Retry-After`, 503, 424 with `ms-azureml-model-error-statuscode`, or 400 for requests that
 hold a poison device. It records every request and the peak number in flight.
@@ -19,13 +19,47 @@ from typing import Any
 KEY = "test-aml-key"
 
 
+def readings_of(device: dict[str, Any]) -> list[dict[str, Any]]:
+    """A request's device's readings, an object each, from either contract's shape.
+
+    Contract 2 sends them in columns: ``timestamps``, ``metrics`` (names) and ``values`` (a
+    row per reading, null where the reading has no value for the metric).
+    """
+    if "readings" in device:
+        return device["readings"]
+    names = device["metrics"]
+    return [
+        {
+            "timestamp": t,
+            "metrics": {n: v for n, v in zip(names, row, strict=True) if v is not None},
+        }
+        for t, row in zip(device["timestamps"], device["values"], strict=True)
+    ]
+
+
+def in_columns(answer: dict[str, Any]) -> dict[str, Any]:
+    """A contract-1 answer in contract 2's shape: each device's predictions as columns."""
+    devices = []
+    for device in answer["devices"]:
+        preds = device.get("predictions")
+        if isinstance(preds, list):
+            names = list(dict.fromkeys(name for pred in preds for name in pred))
+            preds = {name: [pred.get(name) for pred in preds] for name in names}
+        devices.append({**device, "predictions": preds})
+    return {**answer, "devices": devices}
+
+
 def toy_model(request: dict[str, Any]) -> dict[str, Any]:
-    """Score like a model would: per device, the next state and one prediction per reading."""
+    """Score like a model would: per device, the next state and one prediction per reading.
+
+    It answers in contract 1's shape (a test's model may change a prediction in place); the
+    stand-in turns that into columns when the request was contract 2.
+    """
     out = []
     for device in request["devices"]:
         seen = (device["state"] or {}).get("seen", 0)
         preds = []
-        for reading in device["readings"]:
+        for reading in readings_of(device):
             metrics = reading["metrics"]
             top = max(metrics, key=lambda k: abs(metrics[k]))
             anomalous = abs(metrics[top]) > 100
@@ -42,7 +76,7 @@ def toy_model(request: dict[str, Any]) -> dict[str, Any]:
         out.append(
             {
                 "device_id": device["device_id"],
-                "state": {"seen": seen + len(device["readings"])},
+                "state": {"seen": seen + len(preds)},
                 "predictions": preds,
             }
         )
@@ -112,7 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
         ids = {d["device_id"] for d in doc["devices"]}
         if ids & srv.script.poison_devices:
             return 400, {"Content-Type": "application/json"}, b'{"error": "bad input"}'
-        body = json.dumps(srv.script.model(doc)).encode()
+        answer = srv.script.model(doc)
+        if doc.get("contract") == 2:
+            answer = in_columns(answer)
+        body = json.dumps(answer).encode()
         return 200, {"Content-Type": "application/json"}, body
 
 
