@@ -42,6 +42,7 @@ from model.state import (
     load_state,
     load_states,
 )
+from shared.predictions import CORE_FIELDS
 from simulator.fleet import METRICS, Fleet, FleetConfig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -942,14 +943,7 @@ def test_uniform_request_leaves_odd_devices_to_the_per_device_parser(case: str) 
 # Contract 2: the same readings in columns get the same answer, in columns.
 # ---------------------------------------------------------------------------------------------
 
-COLUMNS = (
-    "timestamp",
-    "anomaly_score",
-    "is_anomaly",
-    "top_metric",
-    "failure_probability",
-    "maintenance_due",
-)
+COLUMNS = CORE_FIELDS  # what the pipeline reads (shared.predictions)
 KINDS = (
     ["rpm", "temp", "flow", "amps"],
     ["a", "b"],
