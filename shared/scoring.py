@@ -24,6 +24,7 @@ from requests.adapters import HTTPAdapter
 
 from .errors import FleetscoreError, PermanentError, TransientError
 from .retry import RetryPolicy, parse_retry_after
+from .sessions import without_idle_lookups
 
 __all__ = [
     "AdaptiveLimit",
@@ -80,7 +81,7 @@ class AmlClient:
         if deployment:
             self._headers["azureml-model-deployment"] = deployment
         self._timeout = (5.0, timeout)
-        self._session = session or requests.Session()
+        self._session = session or without_idle_lookups(requests.Session())
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -75,6 +74,7 @@ from .errors import ConfigError, ConflictError, PermanentError, TransientError
 from .predictions import Prediction
 from .readings import row_key
 from .retry import parse_retry_after
+from .sessions import without_idle_lookups
 from .states import DeviceWrite, Written
 from .table_batch import Guarded, write_transaction
 
@@ -534,26 +534,11 @@ def _attempt(fn: Callable[[], R]) -> R | Exception:
         return exc
 
 
-# What `requests` reads from the environment when `trust_env` is on (any letter case).
-_ENVIRONMENT_SETTINGS = (
-    *(f"{kind}_proxy" for kind in ("http", "https", "all", "no")),
-    *(f"{kind}_PROXY" for kind in ("HTTP", "HTTPS", "ALL", "NO")),
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NETRC",
-)
-
-
 def _client_options(threads: int, retry_total: int) -> dict[str, Any]:
     """Client options shared by both constructors: short SDK retries, one pooled session."""
     # One pooled connection per thread that may write or read at once: with the default
     # pool of 10, extra threads would open and drop a connection per request.
-    session = requests.Session()
-    if not any(os.environ.get(name) for name in _ENVIRONMENT_SETTINGS):
-        # requests otherwise looks up proxy and CA settings in the environment on every
-        # request: ~0.3 ms of CPU each, a fifth of a small transaction's. With none set there
-        # is nothing to find; with any set, requests keeps finding it as before.
-        session.trust_env = False
+    session = without_idle_lookups(requests.Session())
     adapter = HTTPAdapter(pool_maxsize=threads + 2)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

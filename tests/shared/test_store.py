@@ -676,9 +676,10 @@ def test_run_azurite_without_node_modules_says_to_run_npm_install(monkeypatch, t
 def test_table_store_reads_the_environment_per_request_only_when_it_holds_settings(
     monkeypatch, setting
 ):
-    from shared.store import _ENVIRONMENT_SETTINGS, _client_options
+    from shared.sessions import ENVIRONMENT_SETTINGS
+    from shared.store import _client_options
 
-    for name in _ENVIRONMENT_SETTINGS:
+    for name in ENVIRONMENT_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     if setting is not None:
         monkeypatch.setenv(setting, "http://127.0.0.1:9")
