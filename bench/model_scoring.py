@@ -37,7 +37,8 @@ sys.path.append(str(Path(__file__).resolve().parent))  # for _common
 from _common import ARTIFACTS, deployed_model, standard_main
 
 from model.detector import score_devices
-from model.score import _device_arrays, score_request
+from model.request import _device_arrays
+from model.score import score_request
 from model.state import load_state
 from simulator.fleet import kind_metrics
 from tests.support.azmlinfsrv import serve

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from model import detector, score
+from model import request as parsing
 from model.detector import (
     DetectorConfig,
     DeviceScores,
@@ -26,13 +27,8 @@ from model.detector import (
     score_devices,
     trend_feature_names,
 )
-from model.score import (
-    RequestError,
-    _device_arrays,
-    _epoch_ms,
-    _parse_ms,
-    score_request,
-)
+from model.request import RequestError, _device_arrays, _epoch_ms, _parse_ms
+from model.score import score_request
 from model.state import (
     MAX_FULL_COV,
     TREND_SCALES,
@@ -920,9 +916,9 @@ def test_uniform_request_equals_the_per_device_parser(
     seed: int, shared_stamps: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     request = mixed_request(seed, shared_stamps=shared_stamps)
-    assert score._uniform_request(request["devices"], {}) is not None  # the fast path applies
+    assert parsing._uniform_request(request["devices"], {}) is not None  # the fast path applies
     got = score_request(request, SHORT)
-    monkeypatch.setattr(score, "_uniform_request", lambda devices, cache: None)
+    monkeypatch.setattr(parsing, "_uniform_request", lambda devices, cache: None)
     want = score_request(request, SHORT)
     assert json.dumps(got) == json.dumps(want)
 
@@ -934,9 +930,9 @@ def test_uniform_request_equals_the_per_device_parser(
 def test_uniform_request_leaves_odd_devices_to_the_per_device_parser(case: str) -> None:
     request = mixed_request(0, shared_stamps=False)
     request["devices"].insert(1, {"device_id": "odd", "readings": readings_case(case)})
-    assert score._uniform_request(request["devices"], {}) is None
+    assert parsing._uniform_request(request["devices"], {}) is None
     for device in ({}, {"device_id": ""}, {"device_id": "x", "readings": {}}):
-        assert score._uniform_request([*request["devices"][:1], device], {}) is None
+        assert parsing._uniform_request([*request["devices"][:1], device], {}) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1055,7 +1051,7 @@ def test_contract_2_answers_what_contract_1_answers_in_columns(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one, two = columnar_pair(seed)
-    assert score._columnar_request(two["devices"], {}) is not None  # the fast path applies
+    assert parsing._columnar_request(two["devices"], {}) is not None  # the fast path applies
     fake = FakeFailure(KINDS[seed % 2])
     monkeypatch.setattr(score, "_failure", fake)
     want = json.dumps(in_columns(score_request(one, SHORT_MOVES)))
@@ -1068,7 +1064,7 @@ def test_contract_2_answers_what_contract_1_answers_in_columns(
         assert max(scored) > 0.0  # warm devices were scored, not only learned from
         probs = [p for d in got["devices"] for p in d["predictions"]["failure_probability"]]
         assert any(p is not None for p in probs)
-    monkeypatch.setattr(score, "_columnar_request", lambda devices, cache: None)
+    monkeypatch.setattr(parsing, "_columnar_request", lambda devices, cache: None)
     assert json.dumps(score_request(two, SHORT_MOVES)) == want  # and device by device
 
 
@@ -1098,7 +1094,7 @@ def test_contract_2_scores_missing_values_as_contract_1_leaves_them_out() -> Non
     sent = [{"b": 1.0}, {"a": 2.0, "b": 1.5}, {"a": 2.5}, {"a": 3.0, "b": 2.0}, {}]
     readings = [{"timestamp": t, "metrics": m} for t, m in zip(stamps, sent, strict=True)]
     one = {"contract": 1, "devices": [{"device_id": "d", "readings": readings}]}
-    [(_, names, t, x, got_stamps)] = score._columnar_request(two["devices"], {})  # type: ignore[misc]
+    [(_, names, t, x, got_stamps)] = parsing._columnar_request(two["devices"], {})  # type: ignore[misc]
     assert names == ["b", "a"]
     np.testing.assert_array_equal(
         x, [[1.0, np.nan], [1.5, 2.0], [np.nan, 2.5], [2.0, 3.0], [np.nan, np.nan]]
@@ -1129,7 +1125,7 @@ def test_contract_2_takes_any_mapping_and_list_like_contract_1() -> None:
 
     one, two = columnar_pair(3)
     odd = {**two, "devices": [MappingProxyType(d) for d in two["devices"]]}
-    assert score._columnar_request(odd["devices"], {}) is None
+    assert parsing._columnar_request(odd["devices"], {}) is None
     assert json.dumps(score_request(odd, SHORT_MOVES)) == json.dumps(
         in_columns(score_request(one, SHORT_MOVES))
     )
@@ -1186,9 +1182,9 @@ ODD_COLUMNS = [
 def test_columnar_request_leaves_odd_devices_to_the_per_device_parser(case: str) -> None:
     _, two = columnar_pair(0)
     devices = [*two["devices"][:2], odd_columns(case)]
-    assert score._columnar_request(devices, {}) is None
+    assert parsing._columnar_request(devices, {}) is None
     with pytest.raises(RequestError) as caught:
-        score._columnar_devices(devices, {})
+        parsing._columnar_devices(devices, {})
     assert caught.value.field.startswith("devices[2]")
 
 
