@@ -229,20 +229,3 @@ def test_parse_retry_after_in_milliseconds_and_implausible_values():
     assert parse("1500", scale=0.001) == 1.5
     assert parse("7200") is None
     assert parse("nan") is None
-
-
-@pytest.mark.parametrize("setting", [None, "HTTPS_PROXY", "no_proxy", "CURL_CA_BUNDLE"])
-def test_aml_client_reads_the_environment_per_request_only_when_it_holds_settings(
-    monkeypatch, setting
-):
-    from shared.sessions import ENVIRONMENT_SETTINGS
-
-    for name in ENVIRONMENT_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    if setting is not None:
-        monkeypatch.setenv(setting, "http://127.0.0.1:9")
-    client = AmlClient("http://127.0.0.1:9/score", KEY)
-    try:
-        assert client._session.trust_env is (setting is not None)
-    finally:
-        client.close()

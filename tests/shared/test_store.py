@@ -670,19 +670,3 @@ def test_run_azurite_without_node_modules_says_to_run_npm_install(monkeypatch, t
     monkeypatch.setattr(azurite, "AZURITE_BIN", tmp_path / "node_modules/.bin")
     with pytest.raises(azurite.AzuriteError, match=r"run `npm install` in "), azurite.run_azurite():
         pass
-
-
-@pytest.mark.parametrize("setting", [None, "HTTPS_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE"])
-def test_table_store_reads_the_environment_per_request_only_when_it_holds_settings(
-    monkeypatch, setting
-):
-    from shared.sessions import ENVIRONMENT_SETTINGS
-    from shared.store import _client_options
-
-    for name in ENVIRONMENT_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    if setting is not None:
-        monkeypatch.setenv(setting, "http://127.0.0.1:9")
-    transport = _client_options(threads=1, retry_total=0)["transport"]
-    assert transport.session.trust_env is (setting is not None)
-    transport.close()
