@@ -5,8 +5,8 @@ many devices; the ``score_request`` figure adds parsing, state load/dump, the fa
 and the response, and the HTTP figures show what the inference server (Flask + gunicorn + JSON)
 costs on top, which is what the function app actually waits on. Devices report a pump's six
 metrics and the failure predictor is the trained artifact in ``model/artifacts``, as deployed.
-Requests are contract 1 (an object per reading), as these figures have always been measured;
-the function app now sends contract 2 (columns), which costs the script less per reading.
+Requests are contract 1 (an object per reading), as these figures have always been measured,
+and the same readings in contract 2 (columns, what the function app sends), side by side.
 
     .venv/bin/python bench/model_scoring.py [--quick] [--json FILE]
 
@@ -63,11 +63,19 @@ FIGURES = {
         "score_request on parsed JSON (validation, state load/dump, failure predictor), "
         "100 devices x 20 readings, best call",
     ),
+    "model_score_request_readings_per_s_contract_2": (
+        "readings/s",
+        "the same readings in contract 2 (columns in, columns out), best call",
+    ),
     "aml_http_readings_per_s_per_worker": (
         "readings/s",
         "POST /score to azmlinfsrv, 1 worker, 1 request in flight, 100 devices x 20 readings",
     ),
     "aml_http_p50_ms_per_worker": ("ms", "median latency of those 2,000-reading requests"),
+    "aml_http_readings_per_s_per_worker_contract_2": (
+        "readings/s",
+        "the same requests in contract 2, taking turns with contract 1's",
+    ),
     "aml_http_readings_per_s_2_workers": (
         "readings/s",
         "the same with 2 workers and 4 requests in flight (full run only)",
@@ -116,6 +124,23 @@ def warm_request(devices: int, per_device: int, seed: int = 0) -> dict[str, Any]
     }
 
 
+def in_columns(request: dict[str, Any]) -> dict[str, Any]:
+    """A contract-1 request's readings in contract 2: timestamps, metric names, value rows."""
+    return {
+        "contract": 2,
+        "devices": [
+            {
+                "device_id": device["device_id"],
+                "state": device["state"],
+                "timestamps": [r["timestamp"] for r in device["readings"]],
+                "metrics": list(device["readings"][0]["metrics"]),
+                "values": [list(r["metrics"].values()) for r in device["readings"]],
+            }
+            for device in request["devices"]
+        ],
+    }
+
+
 def best_rate(call: Callable[[], object], readings: int, *, repeats: int) -> float:
     """Readings/s of the fastest of ``repeats`` calls (the least disturbed by the machine)."""
     best = float("inf")
@@ -150,22 +175,33 @@ def measure_core(*, repeats: int) -> dict[str, float | int]:
             key = f"model_core_readings_per_s_{devices}x{per_device}"
             figures[key] = round(best_rate(detector, BATCH, repeats=repeats))
             if devices == SHAPES[0][0]:
-                figures["model_score_request_readings_per_s"] = round(
-                    best_rate(lambda r=request: score_request(r), BATCH, repeats=repeats)
-                )
+                columns = in_columns(request)
+                for suffix, sent in (("", request), ("_contract_2", columns)):
+                    figures[f"model_score_request_readings_per_s{suffix}"] = round(
+                        best_rate(lambda r=sent: score_request(r), BATCH, repeats=repeats)
+                    )
     return figures
 
 
-def measure_http(*, requests_n: int, workers: int, concurrency: int) -> tuple[float, float]:
-    """POST ``requests_n`` 2,000-reading requests to azmlinfsrv; (readings/s, p50 ms)."""
+def measure_http(
+    *, requests_n: int, workers: int, concurrency: int
+) -> dict[str, tuple[float, float]]:
+    """POST ``requests_n`` 2,000-reading requests to azmlinfsrv; (readings/s, p50 ms) per contract.
+
+    With one request in flight the two contracts take turns, request by request, so the
+    machine's drift falls on both; with more, contract 1 alone.
+    """
     with deployed_model():
-        body = json.dumps(warm_request(100, BATCH // 100)).encode()
+        request = warm_request(100, BATCH // 100)
+    bodies = {1: json.dumps(request).encode()}
+    if concurrency == 1:
+        bodies[2] = json.dumps(in_columns(request)).encode()
     headers = {"Content-Type": "application/json"}
     with serve(model_dir=ARTIFACTS, workers=workers) as url, requests.Session() as session:
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
         session.mount("http://", adapter)
 
-        def post() -> float:
+        def post(body: bytes) -> float:
             t = time.perf_counter()
             with session.post(f"{url}/score", data=body, headers=headers, timeout=30) as resp:
                 resp.raise_for_status()
@@ -173,12 +209,22 @@ def measure_http(*, requests_n: int, workers: int, concurrency: int) -> tuple[fl
             return time.perf_counter() - t
 
         for _ in range(2 * workers + 1):  # the first requests warm every worker up
-            post()
+            for body in bodies.values():
+                post(body)
+        if concurrency == 1:
+            latencies: dict[int, list[float]] = {c: [] for c in bodies}
+            for _ in range(requests_n):
+                for c, body in bodies.items():
+                    latencies[c].append(post(body))
+            return {
+                c: (requests_n * BATCH / sum(took), statistics.median(took) * 1000)
+                for c, took in latencies.items()
+            }
         with ThreadPoolExecutor(concurrency) as pool:
             t = time.perf_counter()
-            latencies = list(pool.map(lambda _: post(), range(requests_n)))
+            took = list(pool.map(lambda _: post(bodies[1]), range(requests_n)))
             elapsed = time.perf_counter() - t
-    return requests_n * BATCH / elapsed, statistics.median(latencies) * 1000
+    return {1: (requests_n * BATCH / elapsed, statistics.median(took) * 1000)}
 
 
 def measure(quick: bool = False) -> dict[str, float | int]:
@@ -188,12 +234,13 @@ def measure(quick: bool = False) -> dict[str, float | int]:
         quick: fewer repeats and requests, and no two-worker run (about 15 s instead of 40).
     """
     figures = measure_core(repeats=5 if quick else 20)
-    rate, p50 = measure_http(requests_n=10 if quick else 40, workers=1, concurrency=1)
-    figures["aml_http_readings_per_s_per_worker"] = round(rate)
-    figures["aml_http_p50_ms_per_worker"] = round(p50, 1)
+    one = measure_http(requests_n=10 if quick else 40, workers=1, concurrency=1)
+    figures["aml_http_readings_per_s_per_worker"] = round(one[1][0])
+    figures["aml_http_p50_ms_per_worker"] = round(one[1][1], 1)
+    figures["aml_http_readings_per_s_per_worker_contract_2"] = round(one[2][0])
     if not quick:
-        rate, _ = measure_http(requests_n=40, workers=2, concurrency=4)
-        figures["aml_http_readings_per_s_2_workers"] = round(rate)
+        two = measure_http(requests_n=40, workers=2, concurrency=4)
+        figures["aml_http_readings_per_s_2_workers"] = round(two[1][0])
     return figures
 
 

@@ -271,6 +271,18 @@ def write_markdown(results: dict[str, Any], path: Path, plot: bool) -> None:
             "the SDK's submit_transaction → the lean $batch writer",
         ),
         (
+            "Model, score_request readings/s (100 devices x 20)",
+            "model_score_request_readings_per_s",
+            "model_score_request_readings_per_s_contract_2",
+            "an object per reading (contract 1) → columns (contract 2)",
+        ),
+        (
+            "Model through azmlinfsrv, readings/s per worker",
+            "aml_http_readings_per_s_per_worker",
+            "aml_http_readings_per_s_per_worker_contract_2",
+            "an object per reading (contract 1) → columns (contract 2)",
+        ),
+        (
             "Ingest publish, requests/s of 100 devices",
             "publish_per_device_batches_requests_per_s",
             "publish_per_partition_batches_requests_per_s",
