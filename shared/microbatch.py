@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
@@ -109,39 +108,13 @@ class ScoreOutcome:
     requests: int = 0
 
 
-def _wire_time(ts: datetime) -> str:
-    """`format_timestamp(ts)`, a few times faster for the usual UTC reading time."""
-    if ts.tzinfo is UTC and ts.year >= 1000:  # strftime does not pad years below 1000
-        text = ts.isoformat()  # 2026-11-27T07:00:00.123456+00:00, or without the fraction
-        return text[:23] + "Z" if len(text) == 32 else text[:19] + ".000Z"
-    return format_timestamp(ts)
-
-
-# Wire forms of reading times already written: a fleet's devices share their reading times. The
-# form depends on the instant alone, and equal datetimes are the same instant, whatever offset.
-_STAMPS: dict[datetime, str] = {}
-
-
-def _wire_times(readings: Sequence[Reading]) -> list[str]:
-    """Each reading's `_wire_time`, a dict lookup for a time written before (1 µs -> 0.08)."""
-    times = [r.timestamp for r in readings]
-    stamps = list(map(_STAMPS.get, times))
-    if None in stamps:
-        if len(_STAMPS) > 100_000:
-            _STAMPS.clear()
-        for i, (ts, stamp) in enumerate(zip(times, stamps, strict=True)):
-            if stamp is None:
-                stamps[i] = _STAMPS[ts] = _wire_time(ts)
-    return stamps  # type: ignore[return-value]
-
-
 def next_chunk(
     device_id: str, readings: Sequence[Reading], start: int, *, max_rows: int, max_bytes: int
 ) -> DeviceChunk:
     """The longest run from `start` that fits a request with this device alone (at least one)."""
     budget = max_bytes - _REQUEST_OVERHEAD - _DEVICE_OVERHEAD - len(device_id)
     rows = list(readings[start : start + max_rows])
-    stamps = _wire_times(rows)
+    stamps = [format_timestamp(r.timestamp) for r in rows]
     # Usually the whole run fits: encode it in one call, and cut reading by reading only if not.
     text = _columns_json(stamps, rows)
     if _size(text) <= budget:

@@ -213,3 +213,23 @@ def test_group_by_device_keeps_arrival_order():
         "2026-11-27T06:59:02.000Z",
         "2026-11-27T06:59:01.000Z",
     ]
+
+
+def test_a_time_is_written_alike_whatever_its_offset_and_however_often():
+    from datetime import timezone
+
+    from shared.readings import format_timestamp, row_key
+
+    utc = datetime(2026, 11, 27, 6, 0, 0, 123456, tzinfo=UTC)
+    plus2 = utc.astimezone(timezone(timedelta(hours=2)))
+    for ts in (plus2, utc, plus2):
+        assert format_timestamp(ts) == "2026-11-27T06:00:00.123Z"
+        assert row_key(ts) == "20261127T060000.123Z"
+    later = utc + timedelta(milliseconds=1)
+    assert (format_timestamp(later), row_key(later)) == (
+        "2026-11-27T06:00:00.124Z",
+        "20261127T060000.124Z",
+    )
+    assert format_timestamp(datetime(999, 1, 2, 3, 4, 5, 999000, tzinfo=UTC)) == (
+        "999-01-02T03:04:05.999Z"
+    )
