@@ -6,6 +6,7 @@ Every test taking `store` runs against `InMemoryTableStore` and against `TableSt
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import time
@@ -670,3 +671,19 @@ def test_run_azurite_without_node_modules_says_to_run_npm_install(monkeypatch, t
     monkeypatch.setattr(azurite, "AZURITE_BIN", tmp_path / "node_modules/.bin")
     with pytest.raises(azurite.AzuriteError, match=r"run `npm install` in "), azurite.run_azurite():
         pass
+
+
+@pytest.mark.parametrize(
+    ("metrics", "stored"),
+    [
+        ({"rpm": 1500.5, "temp_c": 40}, '{"rpm":1500.5,"temp_c":40}'),
+        ({"tempé": 1.0}, '{"tempé":1.0}'),  # non-ASCII as it is: 1 UTF-16 unit, not 6
+        ({"bad\ud800": 1.0}, '{"bad\\ud800":1.0}'),  # a lone surrogate travels escaped
+        ({1: 2.0}, '{"1":2.0}'),  # a key that is not a string: as the json module writes it
+    ],
+)
+def test_stored_metrics_are_compact_json(metrics, stored):
+    from shared._entities import _json
+
+    assert _json(metrics) == stored
+    assert json.loads(_json(metrics)) == {str(k): v for k, v in metrics.items()}
