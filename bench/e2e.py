@@ -315,7 +315,7 @@ def fresh_stack_stage(workdir: Path, rate: float, seconds: float) -> Stage:
 
 
 def measure(quick: bool = False) -> dict[str, Any]:
-    """Rising stages until one is not sustained; the figures of the best sustained one.
+    """Rising stages until one is not sustained twice; the figures of the best sustained one.
 
     Each stage gets a fresh stack (about 3 s to start). Azurite's cost per entity grows with
     the rows a table holds, which Azure Table Storage's does not; on one stack for every stage,
@@ -348,6 +348,13 @@ def measure(quick: bool = False) -> dict[str, Any]:
         stage = fresh_stack_stage(LOGS_ROOT / f"stage-{rate:.0f}", rate, seconds)
         stages.append(stage)
         print(_stage_line(stage), file=sys.stderr, flush=True)
+        if not stage.sustained and not quick:
+            # Once more on a fresh stack before stopping: on this shared machine one stage can
+            # miss by a noisy half minute, and the ceiling it is compared with is the better
+            # of two runs too. Both stages are reported.
+            stage = fresh_stack_stage(LOGS_ROOT / f"stage-{rate:.0f}-again", rate, seconds)
+            stages.append(stage)
+            print(_stage_line(stage) + " (again)", file=sys.stderr, flush=True)
         if not stage.sustained:
             break
     figures = _figures(stages)
@@ -407,7 +414,7 @@ def _stage_line(s: Stage) -> str:
 def _figures(stages: list[Stage]) -> dict[str, Any]:
     sustained = [s for s in stages if s.sustained]
     best = max(sustained, key=lambda s: s.accepted_per_s) if sustained else None
-    limit = next((s for s in stages if not s.sustained), None)
+    limit = stages[-1] if stages and not stages[-1].sustained else None  # where the search ended
     figures: dict[str, Any] = {
         "e2e_sustained_readings_per_s": round(best.accepted_per_s, 1) if best else 0.0,
         "e2e_p50_latency_s": best.p50_s if best else None,
