@@ -12,7 +12,8 @@ waits 5 s). For each stage: offered and stored readings/s, p50/p99 latency from 
 prediction row's Timestamp, and the CPU each process used per wall second from the stage's
 start to its last reading stored (the confirming table scan after it is left out), which names
 the bottleneck (the process closest to a full core; Node's Azurite and each Python process are
-single-core bound).
+single-core bound). Rates rise until a stage is not sustained twice in a row (each time on a
+fresh stack; `--quick` stops at the first).
 
 Everything shares this machine's cores, so the score host's own efficiency is reported too:
 readings stored per CPU-second of the score hosts. Last, Azurite's own write ceiling over as
