@@ -268,30 +268,32 @@ def _from_columns(
     ]
 
 
-def _column_rows(columns: Mapping[Any, Any], n: int) -> tuple[list[Any] | None, list[Any]]:
-    """Contract 2's ``predictions``, an object of ``n``-long columns: (the core columns, rows).
-
-    The core columns (in ``CORE_FIELDS`` order) when the object holds exactly those, and no
-    rows; otherwise None, and the same predictions one object each, for the checks that name
-    a field: a nullable column the object lacks is a field each prediction lacks.
+def _check_columns(columns: Mapping[Any, Any], n: int) -> None:
+    """Contract 2's ``predictions``: an object of columns, each an array of ``n`` values.
 
     Raises:
-        ValidationError: naming each member that is not an array of ``n`` values.
+        ValidationError: naming each member that is not, and each required one missing.
     """
     wrong = [
         name for name, column in columns.items() if type(column) is not list or len(column) != n
     ]
     wrong += [name for name in _REQUIRED if name not in columns]
-    errors = [
-        FieldError(f"predictions.{str(name)[:40]}", f"must be an array of {n} values")
-        for name in wrong
-    ]
-    if errors:
-        raise ValidationError(errors)
-    if len(columns) == len(CORE_FIELDS) and all(name in columns for name in CORE_FIELDS):
-        return list(_CORE_COLUMNS(columns)), []
+    if wrong:
+        raise ValidationError(
+            [
+                FieldError(f"predictions.{str(name)[:40]}", f"must be an array of {n} values")
+                for name in wrong
+            ]
+        )
+
+
+def _rows(columns: Mapping[Any, list[Any]]) -> list[dict[Any, Any]]:
+    """The predictions of checked columns one object each, for the checks that name a field.
+
+    A nullable column the object lacks is then a field each prediction lacks.
+    """
     names = list(columns)
-    return None, [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def parse_device_result(
@@ -330,28 +332,32 @@ def parse_device_result(
             "state", f"{len(state_json)} characters of JSON; at most {MAX_STATE_CHARS}"
         )
     preds = raw.get("predictions")
+    columns: Mapping[Any, list[Any]] | None = None
     if isinstance(preds, Mapping):  # contract 2: a column per field
-        core, preds = _column_rows(preds, len(readings))
-    elif isinstance(preds, list):
-        core = None
-    else:
+        _check_columns(preds, len(readings))
+        columns = preds
+    elif not isinstance(preds, list):
         raise ValidationError.single(
             "predictions", "must be an object of columns, or an array of predictions"
         )
-    if len(preds) != len(readings) and core is None:
+    elif len(preds) != len(readings):
         raise ValidationError.single(
             "predictions", f"{len(preds)} predictions for {len(readings)} readings"
         )
     if stamps is None:
         stamps = [format_timestamp(r.timestamp) for r in readings]
-    if not readings:
-        fast: list[Prediction] | None = []
-    elif core is not None:
-        fast = _from_columns(core, readings, model_version, stamps)
-        if fast is None:
-            preds = [dict(zip(CORE_FIELDS, row, strict=True)) for row in zip(*core, strict=True)]
-    else:
+    fast: list[Prediction] | None = []
+    if readings and columns is None:
         fast = _uniform_predictions(preds, readings, model_version, stamps)
+    elif readings and columns is not None:
+        exact = len(columns) == len(CORE_FIELDS) and all(name in columns for name in CORE_FIELDS)
+        fast = (
+            _from_columns(_CORE_COLUMNS(columns), readings, model_version, stamps)
+            if exact
+            else None
+        )
+        if fast is None:
+            preds = _rows(columns)
     if fast is not None:
         return DeviceResult(str(device_id), dict(state), fast, state_json)
     out: list[Prediction] = []
